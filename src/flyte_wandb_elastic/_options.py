@@ -1,0 +1,243 @@
+"""The W&B options a user declares, their validation, and their run-context form.
+
+`WandbOptions` is shared by `WandbElastic` (declared on the environment) and `wandb_config`
+(passed through `flyte.with_runcontext(custom_context=...)`). Both validate on construction, so
+bad input fails where it is written, never inside a pod.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any, Literal, get_args
+
+RunMode = Literal["auto", "shared", "new"]
+RankScope = Literal["global", "worker"]
+Mode = Literal["online", "offline", "disabled"]
+
+RUN_MODES: tuple[str, ...] = get_args(RunMode)
+RANK_SCOPES: tuple[str, ...] = get_args(RankScope)
+MODES: tuple[str, ...] = get_args(Mode)
+
+# Prefix of the run-context keys; the same keys as the upstream `flyteplugins-wandb` writes.
+CONTEXT_PREFIX = "wandb_"
+# Context fields stored as JSON (the rest are plain strings).
+_JSON_FIELDS = frozenset({"tags", "config", "download_logs", "kwargs"})
+# `wandb.init` arguments that the options own; `init_kwargs` must not repeat them.
+_OWNED_INIT_ARGS = frozenset({"project", "entity", "id", "name", "group", "tags", "config", "notes", "job_type"})
+
+
+def invalid(field_name: str, value: Any, allowed: str) -> ValueError:
+    """An error that names the field, the value received and what is allowed."""
+    return ValueError(f"{field_name}={value!r} is not valid: expected {allowed}.")
+
+
+@dataclass(kw_only=True)
+class WandbOptions:
+    """How the ranks of a task log to W&B. Every field left as `None` is unset.
+
+    Unset fields are filled from the run context (`wandb_config`), then from the defaults
+    (`run_mode="auto"`, `rank_scope="global"`, W&B's own defaults for the rest).
+
+    Args:
+        project: W&B project.
+        entity: W&B entity (team or user).
+        host: W&B base URL, e.g. `https://wandb.ai` or a self-hosted server.
+        run_mode: `"auto"` (only the primary rank opens a run), `"shared"` (all ranks write one run)
+            or `"new"` (one run per rank, grouped).
+        rank_scope: `"global"` (one primary for the job) or `"worker"` (one primary per node).
+        id: Run id that replaces the `{flyte run}-{action}` base id.
+        name: Display name of the run(s).
+        group: W&B group; kept as given.
+        tags: Run tags.
+        config: Run config; must be JSON-serializable.
+        notes: Run notes.
+        job_type: Run job type.
+        mode: `"online"`, `"offline"` or `"disabled"`; unset follows `WANDB_MODE`.
+        init_kwargs: Any other `wandb.init` keyword argument.
+    """
+
+    project: str | None = None
+    entity: str | None = None
+    host: str | None = None
+    run_mode: RunMode | None = None
+    rank_scope: RankScope | None = None
+    id: str | None = None
+    name: str | None = None
+    group: str | None = None
+    tags: list[str] | None = None
+    config: dict[str, Any] | None = None
+    notes: str | None = None
+    job_type: str | None = None
+    mode: Mode | None = None
+    init_kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _check_choice("run_mode", self.run_mode, RUN_MODES)
+        _check_choice("rank_scope", self.rank_scope, RANK_SCOPES)
+        _check_choice("mode", self.mode, MODES)
+        for name in ("project", "entity", "id", "name", "group", "notes", "job_type"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, str) or not value.strip()):
+                raise invalid(name, value, "a non-empty string or None")
+        if self.id is not None and any(c in self.id for c in "/\\#?%:"):
+            raise invalid("id", self.id, "a run id without any of / \\ # ? % :")
+        if self.host is not None and (
+            not isinstance(self.host, str) or not self.host.startswith(("http://", "https://"))
+        ):
+            raise invalid("host", self.host, "a base URL starting with http:// or https://")
+        if self.tags is not None and (
+            not isinstance(self.tags, (list, tuple)) or not all(isinstance(t, str) for t in self.tags)
+        ):
+            raise invalid("tags", self.tags, "a list of strings")
+        if self.config is not None:
+            if not isinstance(self.config, Mapping):
+                raise invalid("config", self.config, "a dict")
+            try:
+                json.dumps(self.config)
+            except (TypeError, ValueError) as exc:
+                raise invalid("config", self.config, f"a JSON-serializable dict ({exc})") from None
+        if not isinstance(self.init_kwargs, Mapping) or not all(isinstance(k, str) for k in self.init_kwargs):
+            raise invalid("init_kwargs", self.init_kwargs, "a dict of wandb.init keyword arguments")
+        owned = sorted(_OWNED_INIT_ARGS.intersection(self.init_kwargs))
+        if owned:
+            raise invalid(
+                "init_kwargs",
+                self.init_kwargs,
+                f"no key that has its own field (move {', '.join(owned)} to the field of that name)",
+            )
+
+    def wandb_options(self) -> WandbOptions:
+        """This object's W&B fields alone, as a plain `WandbOptions`."""
+        return WandbOptions(**{f.name: getattr(self, f.name) for f in fields(WandbOptions)})
+
+    def filled_from(self, fallback: WandbOptions) -> WandbOptions:
+        """These options, with every unset field taken from `fallback`."""
+        merged = {
+            f.name: getattr(self, f.name) if getattr(self, f.name) is not None else getattr(fallback, f.name)
+            for f in fields(WandbOptions)
+        }
+        merged["init_kwargs"] = {**fallback.init_kwargs, **self.init_kwargs}
+        return WandbOptions(**merged)
+
+    def resolved(self, context: Mapping[str, str] | None = None) -> WandbOptions:
+        """These options over the run context's `wandb_*` keys, with the defaults filled in."""
+        merged = self.wandb_options().filled_from(from_context(context or {}))
+        return dataclasses.replace(
+            merged, run_mode=merged.run_mode or "auto", rank_scope=merged.rank_scope or "global"
+        )
+
+
+def _check_choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
+    if value is not None and value not in allowed:
+        raise invalid(name, value, " or ".join(repr(a) for a in allowed))
+
+
+def wandb_config(
+    project: str | None = None,
+    entity: str | None = None,
+    host: str | None = None,
+    id: str | None = None,
+    name: str | None = None,
+    tags: list[str] | None = None,
+    config: dict[str, Any] | None = None,
+    mode: Mode | None = None,
+    group: str | None = None,
+    run_mode: RunMode | None = None,
+    rank_scope: RankScope | None = None,
+    download_logs: bool = False,
+    **kwargs: Any,
+) -> dict[str, str]:
+    """W&B settings for a whole Flyte run, written as the upstream `wandb_*` context keys.
+
+    Use as `flyte.with_runcontext(custom_context=wandb_config(project="p")).run(task)`. Fields set
+    on `WandbElastic` win; these fill the fields left unset there.
+
+    Args:
+        project: W&B project.
+        entity: W&B entity.
+        host: W&B base URL.
+        id: Run id replacing the `{flyte run}-{action}` base id.
+        name: Run display name.
+        tags: Run tags.
+        config: Run config (JSON-serializable).
+        mode: `"online"`, `"offline"` or `"disabled"`.
+        group: W&B group.
+        run_mode: `"auto"`, `"shared"` or `"new"`.
+        rank_scope: `"global"` or `"worker"`.
+        download_logs: Accepted for compatibility with the upstream keys.
+        **kwargs: Other `wandb.init` keyword arguments.
+
+    Returns:
+        A dict of `wandb_*` string keys.
+
+    Raises:
+        ValueError: A field is invalid; the message names it, the value and what is allowed.
+    """
+    if not isinstance(download_logs, bool):
+        raise invalid("download_logs", download_logs, "True or False")
+    owned = {k: kwargs.pop(k) for k in ("notes", "job_type") if k in kwargs}
+    options = WandbOptions(
+        project=project,
+        entity=entity,
+        host=host,
+        id=id,
+        name=name,
+        tags=tags,
+        config=config,
+        mode=mode,
+        group=group,
+        run_mode=run_mode,
+        rank_scope=rank_scope,
+        init_kwargs=kwargs,
+        **owned,
+    )
+    return to_context(options, download_logs=download_logs)
+
+
+def to_context(options: WandbOptions, download_logs: bool = False) -> dict[str, str]:
+    """The `wandb_*` context keys of the set fields of `options`."""
+    values: dict[str, Any] = {f.name: getattr(options, f.name) for f in fields(WandbOptions)}
+    extra = dict(values.pop("init_kwargs"))
+    for name in ("notes", "job_type"):  # upstream carries these inside its kwargs key
+        if values[name] is not None:
+            extra[name] = values.pop(name)
+    values["kwargs"] = extra or None
+    values["download_logs"] = download_logs or None
+    return {
+        CONTEXT_PREFIX + key: json.dumps(value) if key in _JSON_FIELDS else str(value)
+        for key, value in values.items()
+        if value is not None
+    }
+
+
+def from_context(context: Mapping[str, str]) -> WandbOptions:
+    """Options from the `wandb_*` keys of a run context; other keys are ignored.
+
+    Raises:
+        ValueError: A key holds an invalid value.
+    """
+    names = {f.name for f in fields(WandbOptions)} - {"init_kwargs"}
+    values: dict[str, Any] = {}
+    extra: dict[str, Any] = {}
+    for key, raw in context.items():
+        if not key.startswith(CONTEXT_PREFIX) or key.startswith(CONTEXT_PREFIX + "sweep_"):
+            continue
+        name = key[len(CONTEXT_PREFIX) :]
+        if name in _JSON_FIELDS:
+            try:
+                value = json.loads(raw)
+            except (TypeError, ValueError):
+                raise invalid(key, raw, "a JSON value") from None
+        else:
+            value = raw
+        if name == "kwargs":
+            extra.update(value or {})
+        elif name in names:
+            values[name] = value
+    for name in ("notes", "job_type"):
+        if name in extra:
+            values.setdefault(name, extra.pop(name))
+    return WandbOptions(**values, init_kwargs=extra)

@@ -1,0 +1,92 @@
+"""The one place that decides each rank's part in W&B logging.
+
+`plan_rank` is pure: the runtime hooks call it with the real topology of a worker, and the
+console links call it with the topology of each node's first rank, so links and runs agree.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ._options import RankScope, RunMode
+from ._topology import Topology
+
+
+@dataclass(frozen=True)
+class RankPlan:
+    """What one rank does in W&B.
+
+    Attributes:
+        opens_run: Whether this rank calls `wandb.init`.
+        run_id: The id of the run this rank writes (`None` when it opens none).
+        group: The W&B group of that run, or `None`.
+        label: This writer's label in a shared run (`None` outside shared mode).
+        primary: Whether this rank owns the run: it writes the run's system facts and sets the
+            run's final state. Non-primary writers of a shared run leave the state alone.
+    """
+
+    opens_run: bool
+    run_id: str | None = None
+    group: str | None = None
+    label: str | None = None
+    primary: bool = False
+
+
+NO_RUN = RankPlan(opens_run=False)
+
+
+def base_run_id(run_name: str, action_name: str, user_id: str | None = None) -> str:
+    """The id that run ids are built from: the user's `id`, else `{run name}-{action name}`."""
+    return user_id or f"{run_name}-{action_name}"
+
+
+def plan_rank(
+    run_mode: RunMode,
+    rank_scope: RankScope,
+    topology: Topology,
+    base_id: str,
+    group: str | None = None,
+) -> RankPlan:
+    """Decide this rank's W&B part.
+
+    | run_mode / rank_scope | opens a run | run id | group | label |
+    |---|---|---|---|---|
+    | auto / global | global rank 0 | base | - | - |
+    | auto / worker | local rank 0 per node | base-worker-{node} | - | - |
+    | shared / global | every rank (primary: rank 0) | base | - | rank-{r} |
+    | shared / worker | every rank (primary: local 0) | base-worker-{node} | - | rank-{r} |
+    | new / global | every rank | base-rank-{r} | base | - |
+    | new / worker | every rank | base-worker-{node}-rank-{local} | base-worker-{node} | - |
+
+    On a single node, `-worker-{node}` is dropped and new/worker uses `base-rank-{r}`; with more
+    than one node, shared labels are `worker-{node}-rank-{local}`.
+
+    Args:
+        run_mode: `"auto"`, `"shared"` or `"new"`.
+        rank_scope: `"global"` or `"worker"`.
+        topology: Where this rank sits.
+        base_id: From `base_run_id`.
+        group: A user-given group, which replaces the computed one.
+
+    Returns:
+        The plan for this rank.
+    """
+    per_node = rank_scope == "worker" and topology.multi_node
+    scope_id = f"{base_id}-worker-{topology.node_rank}" if per_node else base_id
+    scope_primary = topology.local_rank == 0 if per_node else topology.rank == 0
+
+    if run_mode == "auto":
+        if not scope_primary:
+            return NO_RUN
+        return RankPlan(opens_run=True, run_id=scope_id, group=group, primary=True)
+
+    if run_mode == "shared":
+        label = (
+            f"worker-{topology.node_rank}-rank-{topology.local_rank}"
+            if topology.multi_node
+            else f"rank-{topology.rank}"
+        )
+        return RankPlan(opens_run=True, run_id=scope_id, group=group, label=label, primary=scope_primary)
+
+    rank_suffix = f"-rank-{topology.local_rank}" if per_node else f"-rank-{topology.rank}"
+    return RankPlan(opens_run=True, run_id=scope_id + rank_suffix, group=group or scope_id, primary=True)

@@ -1,0 +1,179 @@
+"""Reading W&B offline run files (`run-<id>.wandb`) back: what each rank really logged.
+
+The file is a transaction log: a 7-byte header, then LevelDB-log-style 32 KiB blocks of chunks
+holding serialized `Record` messages. Only wandb's protobuf classes are used here (no SDK calls).
+A truncated or corrupt tail ends the read quietly: a rank killed mid-write still shows what it
+flushed.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+_MAGIC = b":W&B"
+_HEADER = 7
+_BLOCK = 32 * 1024
+_CHUNK_HEADER = 7
+_FULL, _FIRST, _MIDDLE, _LAST = 1, 2, 3, 4
+
+
+def iter_records(path: str | Path) -> Iterator[Any]:
+    """Yield the `wandb_internal_pb2.Record` messages of one `.wandb` file, in order.
+
+    Raises:
+        ValueError: The file does not start with the W&B header.
+    """
+    from wandb.proto import wandb_internal_pb2
+
+    data = Path(path).read_bytes()
+    if len(data) < _HEADER or data[:4] != _MAGIC:
+        raise ValueError(f"{path}: not a W&B transaction log (missing the ':W&B' header)")
+    pos = _HEADER
+    pending = b""
+    while pos + _CHUNK_HEADER <= len(data):
+        left_in_block = _BLOCK - pos % _BLOCK
+        if left_in_block < _CHUNK_HEADER:  # block trailer padding
+            pos += left_in_block
+            continue
+        crc, length, kind = struct.unpack_from("<IHB", data, pos)
+        body = data[pos + _CHUNK_HEADER : pos + _CHUNK_HEADER + length]
+        if kind == 0 and length == 0:  # zero padding at the end of a block
+            pos += left_in_block
+            continue
+        if len(body) < length or zlib.crc32(bytes([kind]) + body) & 0xFFFFFFFF != crc:
+            return  # truncated or torn tail
+        pos += _CHUNK_HEADER + length
+        if kind == _FULL:
+            pending = body
+        elif kind == _FIRST:
+            pending = body
+            continue
+        elif kind == _MIDDLE:
+            pending += body
+            continue
+        elif kind == _LAST:
+            pending += body
+        else:
+            return
+        record = wandb_internal_pb2.Record()
+        record.ParseFromString(pending)
+        pending = b""
+        yield record
+
+
+@dataclass
+class RunFile:
+    """What one writer recorded in one offline run file.
+
+    Attributes:
+        path: The `.wandb` file.
+        run_id: W&B run id.
+        project: W&B project.
+        group: W&B group ("" when none).
+        label: Shared-mode writer label, or "" outside shared mode.
+        primary: Whether this writer is the run's primary (it writes the environment record).
+        config: The run config as logged.
+        rows: The logged history rows (each a dict with `_step`).
+        summary: The last summary values.
+        exit_code: The recorded exit code, or `None` when the process never finished the run.
+    """
+
+    path: Path
+    run_id: str = ""
+    project: str = ""
+    group: str = ""
+    label: str = ""
+    primary: bool = False
+    config: dict[str, Any] = field(default_factory=dict)
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    summary: dict[str, Any] = field(default_factory=dict)
+    exit_code: int | None = None
+
+    @property
+    def last_metrics(self) -> dict[str, Any]:
+        """The user metrics of the last row (keys starting with `_` left out)."""
+        return {k: v for k, v in (self.rows[-1] if self.rows else {}).items() if not k.startswith("_")}
+
+
+def read_run_file(path: str | Path) -> RunFile:
+    """Read one `.wandb` file into a `RunFile`."""
+    run = RunFile(path=Path(path))
+    for record in iter_records(path):
+        kind = record.WhichOneof("record_type")
+        if kind == "run":
+            run.run_id, run.project, run.group = record.run.run_id, record.run.project, record.run.run_group
+            run.config.update(_decode_config(record.run.config.update))
+        elif kind == "config":
+            run.config.update(_decode_config(record.config.update))
+        elif kind == "history":
+            run.rows.append(_decode_items(record.history.item))
+        elif kind == "summary":
+            run.summary.update(_decode_items(record.summary.update))
+        elif kind == "environment":
+            run.primary = True
+        elif kind == "exit":
+            run.exit_code = record.exit.exit_code
+        elif kind == "stats":
+            for item in record.stats.item:
+                _, sep, label = item.key.partition("/l:")
+                if sep and not run.label:
+                    run.label = label
+    return run
+
+
+def find_run_files(root: str | Path) -> list[Path]:
+    """Every `run-*.wandb` file under `root`, sorted by path."""
+    return sorted(Path(root).rglob("run-*.wandb"))
+
+
+def read_run_files(root: str | Path) -> list[RunFile]:
+    """Read every run file under `root` (a `WANDB_DIR` or its `wandb/` folder)."""
+    return [read_run_file(p) for p in find_run_files(root)]
+
+
+def format_table(runs: list[RunFile]) -> str:
+    """One row per run file: id, group, label, primary, steps, last metrics, exit code."""
+    header = ("run id", "group", "label", "primary", "steps", "exit", "last metrics")
+    rows = [
+        (
+            r.run_id,
+            r.group or "-",
+            r.label or "-",
+            "yes" if r.primary else "no",
+            str(len(r.rows)),
+            "-" if r.exit_code is None else str(r.exit_code),
+            ", ".join(f"{k}={_short(v)}" for k, v in sorted(r.last_metrics.items())) or "-",
+        )
+        for r in sorted(runs, key=lambda r: (r.run_id, r.label))
+    ]
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in [header, *rows]]
+    return "\n".join(lines)
+
+
+def _short(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def _decode_items(items: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in items:
+        key = item.key or "/".join(item.nested_key)
+        out[key] = json.loads(item.value_json)
+    return out
+
+
+def _decode_config(items: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in items:
+        key = item.key or "/".join(item.nested_key)
+        value = json.loads(item.value_json)
+        # wandb stores config values as {"value": v, "desc": ...}
+        out[key] = value.get("value", value) if isinstance(value, dict) and "value" in value else value
+    return out
