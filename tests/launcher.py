@@ -1,7 +1,7 @@
 """Run a task the way a Flyte pod does: remote mode, so torch elastic spawns real workers.
 
 Usage: python -m tests.launcher SPEC_JSON. SPEC_JSON holds `config` (WandbElastic fields),
-`inputs`, `run_name`, `action_name`, `custom_context`, `out` (a JSON file for the result or error)
+`inputs`, `mode` ("local" for a local run), `run_name`, `action_name`, `custom_context`, `out` (a JSON file for the result or error)
 and `work_dir`. Run it once per simulated node, with the same PET_RDZV_ENDPOINT.
 """
 
@@ -13,6 +13,7 @@ import sys
 import traceback
 from pathlib import Path
 
+import flyte
 from flyte._context import internal_ctx
 from flyte.models import ActionID, RawDataPath, TaskContext
 from flyte.report import Report
@@ -22,7 +23,21 @@ from tests.tasks import make_task
 
 def main(spec_json: str) -> int:
     spec = json.loads(spec_json)
+    out = Path(spec["out"])
+    try:
+        result = asyncio.run(_execute(spec))
+    except Exception as exc:
+        out.write_text(json.dumps({"error": f"{type(exc).__name__}: {exc}", "tb": traceback.format_exc()}))
+        return 1
+    out.write_text(json.dumps({"result": result}))
+    return 0
+
+
+async def _execute(spec: dict) -> object:
     task = make_task(**spec["config"])
+    if spec.get("mode") == "local":
+        run = await flyte.with_runcontext(mode="local").run.aio(task, **spec.get("inputs", {}))
+        return run.outputs()[0]
     work = Path(spec["work_dir"])
     tctx = TaskContext(
         action=ActionID(
@@ -36,15 +51,8 @@ def main(spec_json: str) -> int:
         mode="remote",
         custom_context=spec.get("custom_context", {}),
     )
-    out = Path(spec["out"])
-    try:
-        with internal_ctx().replace_task_context(tctx):
-            result = asyncio.run(task.execute(**spec.get("inputs", {})))
-    except Exception as exc:
-        out.write_text(json.dumps({"error": f"{type(exc).__name__}: {exc}", "tb": traceback.format_exc()}))
-        return 1
-    out.write_text(json.dumps({"result": result}))
-    return 0
+    with internal_ctx().replace_task_context(tctx):
+        return await task.execute(**spec.get("inputs", {}))
 
 
 if __name__ == "__main__":

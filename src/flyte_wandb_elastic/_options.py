@@ -205,7 +205,7 @@ def to_context(options: WandbOptions, download_logs: bool = False) -> dict[str, 
         if values[name] is not None:
             extra[name] = values.pop(name)
     values["kwargs"] = extra or None
-    values["download_logs"] = download_logs or None
+    values["download_logs"] = download_logs
     return {
         CONTEXT_PREFIX + key: json.dumps(value) if key in _JSON_FIELDS else str(value)
         for key, value in values.items()

@@ -1,0 +1,127 @@
+"""Launch helpers: real torch elastic workers on CPU, W&B offline, run files read back."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from flyte_wandb_elastic._runfiles import RunFile, read_run_files
+
+REPO = Path(__file__).resolve().parent.parent
+LAUNCH_TIMEOUT_S = 150
+
+
+@dataclass
+class Launch:
+    """What one launch left behind: per-node outcomes, run files and per-rank facts."""
+
+    outcomes: list[dict[str, Any]]
+    runs: list[RunFile]
+    facts: dict[int, dict[str, Any]] = field(default_factory=dict)
+    logs: list[str] = field(default_factory=list)
+
+    @property
+    def errors(self) -> list[str]:
+        return [o["error"] for o in self.outcomes if "error" in o]
+
+    def layout(self) -> list[tuple[str, str, str, bool]]:
+        """(run id, group, label, primary) of every run file, sorted."""
+        return sorted((r.run_id, r.group, r.label, r.primary) for r in self.runs)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wandb_env(tmp: Path) -> dict[str, str]:
+    """An environment for offline W&B under `tmp`, with no account and no network."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    env.update(
+        WANDB_MODE="offline",
+        WANDB_DIR=str(tmp),
+        WANDB_SILENT="true",
+        OMP_NUM_THREADS="1",
+        PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")])),
+    )
+    return env
+
+
+def launch(
+    tmp: Path,
+    config: dict[str, Any],
+    inputs: dict[str, Any] | None = None,
+    custom_context: dict[str, str] | None = None,
+    run_name: str = "r1",
+    action_name: str = "a0",
+    extra_env: dict[str, str] | None = None,
+    mode: str = "remote",
+) -> Launch:
+    """Run the test `train` task as Flyte pods would, one process per node, and collect results."""
+    nnodes = int(str(config.get("nnodes", 1)).split(":")[-1]) if mode == "remote" else 1
+    facts_dir = tmp / "facts"
+    facts_dir.mkdir(parents=True, exist_ok=True)
+    env = {**wandb_env(tmp), "TEST_FACTS_DIR": str(facts_dir), **(extra_env or {})}
+    if nnodes > 1:
+        env["PET_RDZV_ENDPOINT"] = f"127.0.0.1:{free_port()}"
+    procs = []
+    for node in range(nnodes):
+        spec = {
+            "config": config,
+            "inputs": inputs or {},
+            "mode": mode,
+            "custom_context": custom_context or {},
+            "run_name": run_name,
+            "action_name": action_name,
+            "out": str(tmp / f"node-{node}.json"),
+            "work_dir": str(tmp / f"work-{node}"),
+        }
+        log = open(tmp / f"node-{node}.log", "w")  # noqa: SIM115 - closed below
+        procs.append(
+            (
+                subprocess.Popen(
+                    [sys.executable, "-m", "tests.launcher", json.dumps(spec)],
+                    cwd=REPO,
+                    env=env,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                ),
+                log,
+            )
+        )
+    try:
+        for proc, _ in procs:
+            proc.wait(timeout=LAUNCH_TIMEOUT_S)
+    finally:
+        for proc, log in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            log.close()
+    outcomes = []
+    for node in range(nnodes):
+        out = tmp / f"node-{node}.json"
+        outcomes.append(json.loads(out.read_text()) if out.exists() else {"error": "node wrote no outcome"})
+    facts = {int(p.stem.split("-")[1]): json.loads(p.read_text()) for p in facts_dir.glob("rank-*.json")}
+    logs = [(tmp / f"node-{n}.log").read_text() for n in range(nnodes)]
+    return Launch(outcomes=outcomes, runs=read_run_files(tmp / "wandb"), facts=facts, logs=logs)
+
+
+@pytest.fixture
+def wandb_offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Offline W&B in this process, writing under a fresh temporary directory."""
+    for key in [k for k in os.environ if k.startswith("WANDB_")]:
+        monkeypatch.delenv(key)
+    for key, value in wandb_env(tmp_path).items():
+        if key.startswith("WANDB_"):
+            monkeypatch.setenv(key, value)
+    return tmp_path

@@ -1,0 +1,146 @@
+"""Real launches: torch elastic spawns CPU workers (gloo); the offline run files are read back.
+
+The expected layouts are written out by hand from the table in the README, not computed by the
+planner, so a planner bug shows up here as a mismatch.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import launch
+
+pytestmark = pytest.mark.launch
+
+B = "r1-a0"  # base id: {flyte run name}-{action name}
+STEPS = 3
+
+# (run_mode, rank_scope) -> sorted (run id, group, label, primary) of every run file, 1 node x 2 ranks
+ONE_NODE = {
+    ("auto", "global"): [(B, "", "", True)],
+    ("shared", "global"): [(B, "", "rank-0", True), (B, "", "rank-1", False)],
+    ("new", "global"): [(f"{B}-rank-0", B, "", True), (f"{B}-rank-1", B, "", True)],
+}
+
+# the same for 2 nodes x 2 ranks (global rank = 2 * node + local rank)
+TWO_NODES = {
+    ("auto", "global"): [(B, "", "", True)],
+    ("auto", "worker"): [(f"{B}-worker-0", "", "", True), (f"{B}-worker-1", "", "", True)],
+    ("shared", "global"): [
+        (B, "", "worker-0-rank-0", True),
+        (B, "", "worker-0-rank-1", False),
+        (B, "", "worker-1-rank-0", False),
+        (B, "", "worker-1-rank-1", False),
+    ],
+    ("shared", "worker"): [
+        (f"{B}-worker-0", "", "worker-0-rank-0", True),
+        (f"{B}-worker-0", "", "worker-0-rank-1", False),
+        (f"{B}-worker-1", "", "worker-1-rank-0", True),
+        (f"{B}-worker-1", "", "worker-1-rank-1", False),
+    ],
+    ("new", "global"): [(f"{B}-rank-{r}", B, "", True) for r in range(4)],
+    ("new", "worker"): [
+        (f"{B}-worker-{n}-rank-{lr}", f"{B}-worker-{n}", "", True) for n in range(2) for lr in range(2)
+    ],
+}
+
+
+def _check_rows(launch_result, world_size: int) -> None:
+    for run in launch_result.runs:
+        assert run.exit_code == 0, run
+        assert [row["_step"] for row in run.rows] == list(range(STEPS))
+        assert [row["loss"] for row in run.rows] == [1.0, 0.5, pytest.approx(1 / 3)]
+        rank = run.rows[0]["rank"]
+        # every writer logged the all-reduced values of the whole job
+        assert [row["reduced"] for row in run.rows] == [
+            sum(r + step for r in range(world_size)) for step in range(STEPS)
+        ]
+        assert run.config["flyte"]["rank"] == rank
+
+
+@pytest.mark.parametrize(("run_mode", "rank_scope"), list(ONE_NODE))
+def test_one_node_two_ranks(tmp_path: Path, run_mode: str, rank_scope: str) -> None:
+    result = launch(
+        tmp_path,
+        {"nnodes": 1, "nproc_per_node": 2, "project": "p", "run_mode": run_mode, "rank_scope": rank_scope},
+        inputs={"steps": STEPS},
+    )
+    assert result.errors == []
+    assert result.outcomes[0]["result"] == sum(sum(r + s for r in range(2)) for s in range(STEPS))
+    assert result.layout() == ONE_NODE[(run_mode, rank_scope)]
+    _check_rows(result, world_size=2)
+    # get_wandb_run() returned each rank's own run, or None where the rank opened none
+    opened = {r.rows[0]["rank"]: r.run_id for r in result.runs}
+    assert {rank: facts["run_id"] for rank, facts in result.facts.items()} == {
+        rank: opened.get(rank) for rank in range(2)
+    }
+
+
+@pytest.mark.parametrize(("run_mode", "rank_scope"), list(TWO_NODES))
+def test_two_nodes_two_ranks(tmp_path: Path, run_mode: str, rank_scope: str) -> None:
+    result = launch(
+        tmp_path,
+        {"nnodes": 2, "nproc_per_node": 2, "project": "p", "run_mode": run_mode, "rank_scope": rank_scope},
+        inputs={"steps": STEPS},
+    )
+    assert result.errors == [], result.logs
+    # the node holding global rank 0 returns the result; the other returns None
+    assert [o["result"] for o in result.outcomes] == [sum(sum(range(s, s + 4)) for s in range(STEPS)), None]
+    assert result.layout() == TWO_NODES[(run_mode, rank_scope)]
+    _check_rows(result, world_size=4)
+    for run in result.runs:
+        flyte = run.config["flyte"]
+        rank = flyte["rank"]
+        assert (flyte["node_rank"], flyte["local_rank"], flyte["world_size"]) == (rank // 2, rank % 2, 4)
+    assert {rank: facts["info"] for rank, facts in result.facts.items()} == {
+        rank: {
+            "rank": rank,
+            "local_rank": rank % 2,
+            "world_size": 4,
+            "local_world_size": 2,
+            "worker_index": rank // 2,
+            "num_workers": 2,
+        }
+        for rank in range(4)
+    }
+
+
+def test_user_id_and_group_in_new_mode(tmp_path: Path) -> None:
+    result = launch(
+        tmp_path,
+        {"nnodes": 1, "nproc_per_node": 2, "project": "p", "run_mode": "new", "id": "exp", "group": "g"},
+    )
+    assert result.errors == []
+    assert result.layout() == [("exp-rank-0", "g", "", True), ("exp-rank-1", "g", "", True)]
+
+
+def test_failing_rank_records_failure_and_fails_task(tmp_path: Path) -> None:
+    result = launch(
+        tmp_path,
+        {"nnodes": 1, "nproc_per_node": 2, "project": "p", "run_mode": "new"},
+        inputs={"steps": STEPS, "fail_rank": 1},
+    )
+    [error] = result.errors
+    assert "rank 1 failed on purpose" in error
+    exit_codes = {run.run_id: run.exit_code for run in result.runs}
+    assert exit_codes[f"{B}-rank-1"] not in (0, None)
+    # the failing rank's rows were kept
+    [failed] = [run for run in result.runs if run.run_id == f"{B}-rank-1"]
+    assert len(failed.rows) == STEPS
+
+
+def test_run_context_fills_unset_fields(tmp_path: Path) -> None:
+    from flyte_wandb_elastic import wandb_config
+
+    context = wandb_config(project="from-context", run_mode="new", group="ctx-group", tags=["t"])
+    result = launch(
+        tmp_path,
+        {"nnodes": 1, "nproc_per_node": 2, "project": "declared"},
+        custom_context=context,
+    )
+    assert result.errors == []
+    # run_mode and group came from the context; project declared on WandbElastic won
+    assert result.layout() == [(f"{B}-rank-0", "ctx-group", "", True), (f"{B}-rank-1", "ctx-group", "", True)]
+    assert {run.project for run in result.runs} == {"declared"}
