@@ -62,7 +62,7 @@ def test_async_task_is_rejected_when_declared() -> None:
     async def train() -> None:
         pass
 
-    with pytest.raises(TypeError, match="async function.*declare it with `def`"):
+    with pytest.raises(TypeError, match=r"async function.*declare it with `def`"):
         env.task(train)
 
 

@@ -4,7 +4,9 @@ from importlib.metadata import PackageNotFoundError, version
 
 from ._config import WandbElastic
 from ._hooks import get_distributed_info, get_wandb_run
+from ._local import run_ranks_locally
 from ._options import WandbOptions, wandb_config
+from ._runfiles import RunFile, format_table, read_run_file, read_run_files
 from ._task import WandbElasticTask
 
 try:
@@ -13,11 +15,16 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree
     __version__ = "0.0.0"
 
 __all__ = [
+    "RunFile",
     "WandbElastic",
     "WandbElasticTask",
     "WandbOptions",
     "__version__",
+    "format_table",
     "get_distributed_info",
     "get_wandb_run",
+    "read_run_file",
+    "read_run_files",
+    "run_ranks_locally",
     "wandb_config",
 ]

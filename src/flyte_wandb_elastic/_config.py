@@ -75,7 +75,8 @@ def _check_elastic(config: Elastic) -> None:
         raise invalid("nproc_per_node", config.nproc_per_node, "an int >= 1")
     if config.rdzv_backend not in _RDZV_BACKENDS:
         raise invalid("rdzv_backend", config.rdzv_backend, " or ".join(map(repr, _RDZV_BACKENDS)))
-    if isinstance(config.max_restarts, bool) or not isinstance(config.max_restarts, int) or config.max_restarts < 0:
+    restarts = config.max_restarts
+    if isinstance(restarts, bool) or not isinstance(restarts, int) or restarts < 0:
         raise invalid("max_restarts", config.max_restarts, "an int >= 0")
     if (
         isinstance(config.monitor_interval, bool)

@@ -125,9 +125,7 @@ class WandbOptions:
     def resolved(self, context: Mapping[str, str] | None = None) -> WandbOptions:
         """These options over the run context's `wandb_*` keys, with the defaults filled in."""
         merged = self.wandb_options().filled_from(from_context(context or {}))
-        return dataclasses.replace(
-            merged, run_mode=merged.run_mode or "auto", rank_scope=merged.rank_scope or "global"
-        )
+        return dataclasses.replace(merged, run_mode=merged.run_mode or "auto", rank_scope=merged.rank_scope or "global")
 
 
 def _check_choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:

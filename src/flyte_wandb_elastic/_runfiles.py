@@ -61,7 +61,7 @@ def iter_records(path: str | Path) -> Iterator[Any]:
             pending += body
         else:
             return
-        record = wandb_internal_pb2.Record()
+        record = wandb_internal_pb2.Record()  # type: ignore[attr-defined]
         record.ParseFromString(pending)
         pending = b""
         yield record
@@ -153,7 +153,7 @@ def format_table(runs: list[RunFile]) -> str:
         for r in sorted(runs, key=lambda r: (r.run_id, r.label))
     ]
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in [header, *rows]]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in [header, *rows]]
     return "\n".join(lines)
 
 

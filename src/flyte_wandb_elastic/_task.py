@@ -27,15 +27,16 @@ class WandbElasticTask(TorchFunctionTask):
     def __post_init__(self) -> None:
         if inspect.iscoroutinefunction(self.func):
             raise TypeError(
-                f"task {self.name!r}: func={self.func.__qualname__!r} is an async function, but torch "
-                "elastic workers call the task function synchronously: declare it with `def`, not `async def`."
+                f"task {self.name!r}: func={self.func.__qualname__!r} is an async function, but torch elastic "
+                "workers call the task function synchronously: declare it with `def`, not `async def`."
             )
         super().__post_init__()
 
     async def execute(self, *args: Any, **kwargs: Any) -> Any:
         # Runs in the launching process: hand torch elastic the function with the hooks around it.
         hooked = copy.copy(self)
-        hooked.func = RankHooks(self.func, self.plugin_config.wandb_options(), self.plugin_config.nproc_per_node)
+        config = self.plugin_config
+        hooked.func = RankHooks(self.func, config.wandb_options(), config.nproc_per_node)
         return await TorchFunctionTask.execute(hooked, *args, **kwargs)
 
 
