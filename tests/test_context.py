@@ -41,11 +41,12 @@ def test_declared_fields_win_and_context_fills_the_rest() -> None:
         "declared",
         "team",
         "new",
-        "global",
+        None,
     )
     assert options.init_kwargs == {"save_code": False, "resume": "allow"}
 
 
-def test_defaults_without_context() -> None:
+def test_unset_fields_stay_unset_without_context() -> None:
     options = WandbElastic(nnodes=1, nproc_per_node=1).resolved()
-    assert (options.run_mode, options.rank_scope) == ("auto", "global")
+    assert options == WandbElastic(nnodes=1, nproc_per_node=1).wandb_options()
+    assert (options.run_mode, options.rank_scope, options.project) == (None, None, None)

@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import launch
+from tests.conftest import Launch, launch
+from tests.serialize import links, serialize
+from tests.tasks import make_task
 
 pytestmark = pytest.mark.launch
 
@@ -60,13 +62,42 @@ def _check_rows(launch_result, world_size: int) -> None:
         assert run.config["flyte"]["rank"] == rank
 
 
+def _check_links_agree(result: Launch, config: dict) -> None:
+    """The console links of the same task name exactly the runs (or groups) the launch wrote."""
+    task = make_task(**config, entity="team")
+    # a parent submitting this task serializes it with its real run name; the backend fills the action
+    uris = [uri.replace("{{.actionName}}", "a0") for _, uri in links(serialize(task, "r1", "proj", "dev", {}))]
+    prefix = "https://wandb.ai/team/p/"
+    assert all(uri.startswith(prefix) for uri in uris), uris
+    kinds = {uri[len(prefix) :].split("/")[0] for uri in uris}
+    targets = {uri[len(prefix) :].split("/", 1)[1] for uri in uris}
+    if config["run_mode"] == "new":
+        assert kinds == {"groups"}
+        assert targets == {run.group for run in result.runs}
+    else:
+        assert kinds == {"runs"}
+        assert targets == {run.run_id for run in result.runs}
+
+
+def _check_flyte_metadata(result: Launch, nproc_per_node: int) -> None:
+    for run in result.runs:
+        flyte = run.config["flyte"]
+        assert {k: flyte[k] for k in ("project", "domain", "run_name", "action_name", "attempt")} == {
+            "project": "proj",
+            "domain": "dev",
+            "run_name": "r1",
+            "action_name": "a0",
+            "attempt": 0,
+        }
+        assert (flyte["restart_count"], flyte["nproc_per_node"]) == (0, nproc_per_node)
+        assert flyte["node_rank"] == flyte["rank"] // nproc_per_node
+        assert flyte["local_rank"] == flyte["rank"] % nproc_per_node
+
+
 @pytest.mark.parametrize(("run_mode", "rank_scope"), list(ONE_NODE))
 def test_one_node_two_ranks(tmp_path: Path, run_mode: str, rank_scope: str) -> None:
-    result = launch(
-        tmp_path,
-        {"nnodes": 1, "nproc_per_node": 2, "project": "p", "run_mode": run_mode, "rank_scope": rank_scope},
-        inputs={"steps": STEPS},
-    )
+    config = {"nnodes": 1, "nproc_per_node": 2, "project": "p", "run_mode": run_mode, "rank_scope": rank_scope}
+    result = launch(tmp_path, config, inputs={"steps": STEPS})
     assert result.errors == []
     assert result.outcomes[0]["result"] == sum(sum(r + s for r in range(2)) for s in range(STEPS))
     assert result.layout() == ONE_NODE[(run_mode, rank_scope)]
@@ -76,24 +107,22 @@ def test_one_node_two_ranks(tmp_path: Path, run_mode: str, rank_scope: str) -> N
     assert {rank: facts["run_id"] for rank, facts in result.facts.items()} == {
         rank: opened.get(rank) for rank in range(2)
     }
+    _check_links_agree(result, config)
+    _check_flyte_metadata(result, nproc_per_node=2)
 
 
 @pytest.mark.parametrize(("run_mode", "rank_scope"), list(TWO_NODES))
 def test_two_nodes_two_ranks(tmp_path: Path, run_mode: str, rank_scope: str) -> None:
-    result = launch(
-        tmp_path,
-        {"nnodes": 2, "nproc_per_node": 2, "project": "p", "run_mode": run_mode, "rank_scope": rank_scope},
-        inputs={"steps": STEPS},
-    )
+    config = {"nnodes": 2, "nproc_per_node": 2, "project": "p", "run_mode": run_mode, "rank_scope": rank_scope}
+    result = launch(tmp_path, config, inputs={"steps": STEPS})
     assert result.errors == [], result.logs
     # the node holding global rank 0 returns the result; the other returns None
     assert [o["result"] for o in result.outcomes] == [sum(sum(range(s, s + 4)) for s in range(STEPS)), None]
     assert result.layout() == TWO_NODES[(run_mode, rank_scope)]
     _check_rows(result, world_size=4)
-    for run in result.runs:
-        flyte = run.config["flyte"]
-        rank = flyte["rank"]
-        assert (flyte["node_rank"], flyte["local_rank"], flyte["world_size"]) == (rank // 2, rank % 2, 4)
+    assert {run.config["flyte"]["world_size"] for run in result.runs} == {4}
+    _check_flyte_metadata(result, nproc_per_node=2)
+    _check_links_agree(result, config)
     assert {rank: facts["info"] for rank, facts in result.facts.items()} == {
         rank: {
             "rank": rank,
@@ -144,3 +173,15 @@ def test_run_context_fills_unset_fields(tmp_path: Path) -> None:
     # run_mode and group came from the context; project declared on WandbElastic won
     assert result.layout() == [(f"{B}-rank-0", "ctx-group", "", True), (f"{B}-rank-1", "ctx-group", "", True)]
     assert {run.project for run in result.runs} == {"declared"}
+
+
+def test_api_key_secret_value_never_reaches_run_files(tmp_path: Path) -> None:
+    key = "local-" + "0123456789abcdef" * 3
+    config = {"nnodes": 1, "nproc_per_node": 2, "project": "p", "run_mode": "shared", "api_key_secret": "wandb-key"}
+    result = launch(tmp_path, config, extra_env={"WANDB_API_KEY": key})
+    assert result.errors == []
+    assert len(result.runs) == 2
+    written = [p for p in (tmp_path / "wandb").rglob("*") if p.is_file()]
+    assert written
+    assert [p for p in written if key.encode() in p.read_bytes()] == []
+    assert all(key not in log for log in result.logs)

@@ -4,10 +4,17 @@ from __future__ import annotations
 
 import pytest
 
+from flyte_wandb_elastic import WandbOptions
 from flyte_wandb_elastic._planner import RankPlan, base_run_id, plan_rank
 from flyte_wandb_elastic._topology import Topology
 
 NO = RankPlan(opens_run=False)
+B = "r1-a0"
+
+
+def plan(run_mode: str, rank_scope: str, topology: Topology, max_nodes: int, **options: str) -> RankPlan:
+    opts = WandbOptions(run_mode=run_mode, rank_scope=rank_scope, **options)  # type: ignore[arg-type]
+    return plan_rank(opts, topology, "r1", "a0", max_nodes)
 
 
 def topo(rank: int, nodes: int, per_node: int = 2) -> Topology:
@@ -27,44 +34,51 @@ def run(run_id: str, group: str | None = None, label: str | None = None, primary
 
 # (run_mode, rank_scope, nodes) -> the plan of each global rank
 TABLE = {
-    ("auto", "global", 1): [run("b"), NO],
-    ("auto", "worker", 1): [run("b"), NO],
-    ("shared", "global", 1): [run("b", label="rank-0"), run("b", label="rank-1", primary=False)],
-    ("shared", "worker", 1): [run("b", label="rank-0"), run("b", label="rank-1", primary=False)],
-    ("new", "global", 1): [run("b-rank-0", "b"), run("b-rank-1", "b")],
-    ("new", "worker", 1): [run("b-rank-0", "b"), run("b-rank-1", "b")],
-    ("auto", "global", 2): [run("b"), NO, NO, NO],
-    ("auto", "worker", 2): [run("b-worker-0"), NO, run("b-worker-1"), NO],
+    ("auto", "global", 1): [run(B), NO],
+    ("auto", "worker", 1): [run(B), NO],
+    ("shared", "global", 1): [run(B, label="rank-0"), run(B, label="rank-1", primary=False)],
+    ("shared", "worker", 1): [run(B, label="rank-0"), run(B, label="rank-1", primary=False)],
+    ("new", "global", 1): [run(f"{B}-rank-0", B), run(f"{B}-rank-1", B)],
+    ("new", "worker", 1): [run(f"{B}-rank-0", B), run(f"{B}-rank-1", B)],
+    ("auto", "global", 2): [run(B), NO, NO, NO],
+    ("auto", "worker", 2): [run(f"{B}-worker-0"), NO, run(f"{B}-worker-1"), NO],
     ("shared", "global", 2): [
-        run("b", label="worker-0-rank-0"),
-        run("b", label="worker-0-rank-1", primary=False),
-        run("b", label="worker-1-rank-0", primary=False),
-        run("b", label="worker-1-rank-1", primary=False),
+        run(B, label="worker-0-rank-0"),
+        run(B, label="worker-0-rank-1", primary=False),
+        run(B, label="worker-1-rank-0", primary=False),
+        run(B, label="worker-1-rank-1", primary=False),
     ],
     ("shared", "worker", 2): [
-        run("b-worker-0", label="worker-0-rank-0"),
-        run("b-worker-0", label="worker-0-rank-1", primary=False),
-        run("b-worker-1", label="worker-1-rank-0"),
-        run("b-worker-1", label="worker-1-rank-1", primary=False),
+        run(f"{B}-worker-0", label="worker-0-rank-0"),
+        run(f"{B}-worker-0", label="worker-0-rank-1", primary=False),
+        run(f"{B}-worker-1", label="worker-1-rank-0"),
+        run(f"{B}-worker-1", label="worker-1-rank-1", primary=False),
     ],
-    ("new", "global", 2): [run(f"b-rank-{r}", "b") for r in range(4)],
+    ("new", "global", 2): [run(f"{B}-rank-{r}", B) for r in range(4)],
     ("new", "worker", 2): [
-        run("b-worker-0-rank-0", "b-worker-0"),
-        run("b-worker-0-rank-1", "b-worker-0"),
-        run("b-worker-1-rank-0", "b-worker-1"),
-        run("b-worker-1-rank-1", "b-worker-1"),
+        run(f"{B}-worker-0-rank-0", f"{B}-worker-0"),
+        run(f"{B}-worker-0-rank-1", f"{B}-worker-0"),
+        run(f"{B}-worker-1-rank-0", f"{B}-worker-1"),
+        run(f"{B}-worker-1-rank-1", f"{B}-worker-1"),
     ],
 }
 
 
 @pytest.mark.parametrize(("run_mode", "rank_scope", "nodes"), list(TABLE))
 def test_truth_table(run_mode: str, rank_scope: str, nodes: int) -> None:
-    plans = [plan_rank(run_mode, rank_scope, topo(r, nodes), "b") for r in range(2 * nodes)]  # type: ignore[arg-type]
+    plans = [plan(run_mode, rank_scope, topo(r, nodes), nodes) for r in range(2 * nodes)]
     assert plans == TABLE[(run_mode, rank_scope, nodes)]
 
 
 def test_lone_process_opens_one_run() -> None:
-    assert plan_rank("auto", "global", Topology(), "b") == run("b")
+    assert plan_rank(WandbOptions(), Topology(), "r1", "a0", max_nodes=4) == run(B)
+
+
+@pytest.mark.parametrize("run_mode", ["auto", "shared", "new"])
+def test_ids_follow_declared_nodes_not_joined_nodes(run_mode: str) -> None:
+    # nnodes="1:4" and only one node joined: ids are still per node, as the links say
+    alone = Topology(rank=0, local_rank=0, world_size=2, local_world_size=2, node_rank=0, num_nodes=1)
+    assert plan(run_mode, "worker", alone, max_nodes=4).run_id.startswith(f"{B}-worker-0")  # type: ignore[union-attr]
 
 
 def test_base_id() -> None:
@@ -74,13 +88,13 @@ def test_base_id() -> None:
 
 @pytest.mark.parametrize("run_mode", ["auto", "shared", "new"])
 def test_user_group_is_kept(run_mode: str) -> None:
-    plans = [plan_rank(run_mode, "worker", topo(r, 2), "b", group="g") for r in range(4)]  # type: ignore[arg-type]
+    plans = [plan(run_mode, "worker", topo(r, 2), 2, group="g") for r in range(4)]
     assert {p.group for p in plans if p.opens_run} == {"g"}
 
 
 def test_new_mode_never_gives_two_ranks_one_id() -> None:
     for scope in ("global", "worker"):
-        ids = [plan_rank("new", scope, topo(r, 3, 4), "user-id").run_id for r in range(12)]  # type: ignore[arg-type]
+        ids = [plan("new", scope, topo(r, 3, 4), 3, id="user-id").run_id for r in range(12)]
         assert len(set(ids)) == 12
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from flyteplugins.pytorch import Elastic
@@ -17,7 +17,9 @@ class WandbElastic(Elastic, WandbOptions):
     """A torch elastic job whose ranks log to W&B.
 
     Every `Elastic` field is kept (`nnodes`, `nproc_per_node`, `max_restarts`, ...); the W&B
-    fields of `WandbOptions` are keyword-only. Each worker process that torch elastic starts runs
+    fields of `WandbOptions` are keyword-only, and so are `api_key_secret` (the name of a Flyte
+    secret holding the W&B API key, given to every worker as `WANDB_API_KEY`) and
+    `api_key_secret_group` (its group, for stores that use one). Each worker process that torch elastic starts runs
     a pre-execute hook (which may open this rank's run) and a post-execute hook (which finishes it
     with the task's exit state).
 
@@ -34,9 +36,18 @@ class WandbElastic(Elastic, WandbOptions):
         ValueError: A field is invalid; the message names the field, the value and what is allowed.
     """
 
+    api_key_secret: str | None = field(default=None, kw_only=True)
+    api_key_secret_group: str | None = field(default=None, kw_only=True)
+
     def __post_init__(self) -> None:
         WandbOptions.__post_init__(self)
         _check_elastic(self)
+        for name in ("api_key_secret", "api_key_secret_group"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, str) or not value.strip()):
+                raise invalid(name, value, "the name of a Flyte secret (a non-empty string) or None")
+        if self.api_key_secret_group is not None and self.api_key_secret is None:
+            raise invalid("api_key_secret_group", self.api_key_secret_group, "None unless api_key_secret is set")
 
     @property
     def node_range(self) -> tuple[int, int]:

@@ -16,7 +16,7 @@ from typing import Any
 import flyte
 
 from ._options import WandbOptions
-from ._planner import RankPlan, base_run_id, plan_rank
+from ._planner import plan_rank
 from ._topology import Topology
 
 _current_run: ContextVar[Any] = ContextVar("flyte_wandb_elastic_run", default=None)
@@ -44,11 +44,13 @@ class RankHooks:
     Attributes:
         func: The user's task function.
         options: The W&B options declared for the task (run context not yet applied).
-        nproc_per_node: Ranks per node, recorded in each run's Flyte metadata.
+        max_nodes: The most nodes the task's `nnodes` allows.
+        nproc_per_node: Ranks per node.
     """
 
     func: Callable[..., Any]
     options: WandbOptions
+    max_nodes: int = 1
     nproc_per_node: int = 1
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -64,24 +66,32 @@ class RankHooks:
         self.post_execute(run, None)
         return result
 
-    def plan(self, topology: Topology) -> tuple[RankPlan, WandbOptions]:
-        """This rank's plan, with the options resolved against the current run context."""
-        ctx = flyte.ctx()
-        options = self.options.resolved(ctx.custom_context if ctx else None)
-        run_name, action_name = (ctx.action.run_name or "", ctx.action.name) if ctx else ("local", "run")
-        assert options.run_mode is not None and options.rank_scope is not None
-        base = base_run_id(run_name, action_name, options.id)
-        return plan_rank(options.run_mode, options.rank_scope, topology, base, options.group), options
-
     def pre_execute(self) -> Any:
         """Open this rank's run if the plan says so; return it, or `None`."""
+        ctx = flyte.ctx()
         topology = Topology.from_env(os.environ)
-        plan, options = self.plan(topology)
+        options = self.options.resolved(ctx.custom_context if ctx else None)
+        action = ctx.action if ctx else None
+        run_name, action_name = (action.run_name or "", action.name) if action else ("local", "run")
+        plan = plan_rank(options, topology, run_name, action_name, self.max_nodes)
         if not plan.opens_run:
             return None
         from . import _wandb_run  # imported only by ranks that log
 
-        return _wandb_run.open_run(plan, options, self._flyte_meta(topology))
+        meta = {
+            "project": action.project if action else None,
+            "domain": action.domain if action else None,
+            "run_name": run_name,
+            "action_name": action_name,
+            "attempt": int(os.environ.get("FLYTE_ATTEMPT_NUMBER", "0")),
+            "restart_count": topology.restart_count,
+            "rank": topology.rank,
+            "local_rank": topology.local_rank,
+            "node_rank": topology.node_rank,
+            "world_size": topology.world_size,
+            "nproc_per_node": self.nproc_per_node,
+        }
+        return _wandb_run.open_run(plan, options, meta)
 
     def post_execute(self, run: Any, error: BaseException | None) -> None:
         """Finish `run` (if any) with exit code 0, or 1 when the function raised `error`."""
@@ -92,23 +102,6 @@ class RankHooks:
         from . import _wandb_run
 
         _wandb_run.finish_run(run, exit_code=0 if error is None else 1)
-
-    def _flyte_meta(self, topology: Topology) -> dict[str, Any]:
-        ctx = flyte.ctx()
-        action = ctx.action if ctx else None
-        return {
-            "project": action.project if action else None,
-            "domain": action.domain if action else None,
-            "run_name": action.run_name if action else None,
-            "action_name": action.name if action else None,
-            "attempt": int(os.environ.get("FLYTE_ATTEMPT_NUMBER", "0")),
-            "restart_count": topology.restart_count,
-            "rank": topology.rank,
-            "local_rank": topology.local_rank,
-            "node_rank": topology.node_rank,
-            "world_size": topology.world_size,
-            "nproc_per_node": self.nproc_per_node,
-        }
 
 
 def _record_for_torch_elastic(error: BaseException) -> None:

@@ -7,7 +7,6 @@ bad input fails where it is written, never inside a pod.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -123,9 +122,8 @@ class WandbOptions:
         return WandbOptions(**merged)
 
     def resolved(self, context: Mapping[str, str] | None = None) -> WandbOptions:
-        """These options over the run context's `wandb_*` keys, with the defaults filled in."""
-        merged = self.wandb_options().filled_from(from_context(context or {}))
-        return dataclasses.replace(merged, run_mode=merged.run_mode or "auto", rank_scope=merged.rank_scope or "global")
+        """These options over the run context's `wandb_*` keys (the planner applies the defaults)."""
+        return self.wandb_options().filled_from(from_context(context or {}))
 
 
 def _check_choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:

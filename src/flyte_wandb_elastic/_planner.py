@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ._options import RankScope, RunMode
+from ._options import WandbOptions
 from ._topology import Topology
 
 
@@ -41,11 +41,11 @@ def base_run_id(run_name: str, action_name: str, user_id: str | None = None) -> 
 
 
 def plan_rank(
-    run_mode: RunMode,
-    rank_scope: RankScope,
+    options: WandbOptions,
     topology: Topology,
-    base_id: str,
-    group: str | None = None,
+    run_name: str,
+    action_name: str,
+    max_nodes: int = 1,
 ) -> RankPlan:
     """Decide this rank's W&B part.
 
@@ -58,20 +58,28 @@ def plan_rank(
     | new / global | every rank | base-rank-{r} | base | - |
     | new / worker | every rank | base-worker-{node}-rank-{local} | base-worker-{node} | - |
 
-    On a single node, `-worker-{node}` is dropped and new/worker uses `base-rank-{r}`; with more
-    than one node, shared labels are `worker-{node}-rank-{local}`.
+    For a job declared on one node (and in a lone process), `-worker-{node}` is dropped and
+    new/worker uses `base-rank-{r}`; for a multi-node job, shared labels are
+    `worker-{node}-rank-{local}`. "Multi-node" follows the declared `nnodes`, not how many nodes
+    joined, so an elastic job's ids never depend on the rendezvous outcome (and links know them).
+
+    The base is the user's `id`, else `{run name}-{action name}`. A user-given `group` replaces
+    the computed one.
 
     Args:
-        run_mode: `"auto"`, `"shared"` or `"new"`.
-        rank_scope: `"global"` or `"worker"`.
+        options: The task's options, resolved (`run_mode` and `rank_scope` set).
         topology: Where this rank sits.
-        base_id: From `base_run_id`.
-        group: A user-given group, which replaces the computed one.
+        run_name: The Flyte run name (a template such as `{{.runName}}` when serializing links).
+        action_name: The Flyte action name.
+        max_nodes: The most nodes the job's `nnodes` allows.
 
     Returns:
         The plan for this rank.
     """
-    per_node = rank_scope == "worker" and topology.multi_node
+    run_mode, rank_scope, group = options.run_mode or "auto", options.rank_scope or "global", options.group
+    base_id = base_run_id(run_name, action_name, options.id)
+    multi_node = max_nodes > 1 and topology.distributed
+    per_node = rank_scope == "worker" and multi_node
     scope_id = f"{base_id}-worker-{topology.node_rank}" if per_node else base_id
     scope_primary = topology.local_rank == 0 if per_node else topology.rank == 0
 
@@ -81,11 +89,7 @@ def plan_rank(
         return RankPlan(opens_run=True, run_id=scope_id, group=group, primary=True)
 
     if run_mode == "shared":
-        label = (
-            f"worker-{topology.node_rank}-rank-{topology.local_rank}"
-            if topology.multi_node
-            else f"rank-{topology.rank}"
-        )
+        label = f"worker-{topology.node_rank}-rank-{topology.local_rank}" if multi_node else f"rank-{topology.rank}"
         return RankPlan(opens_run=True, run_id=scope_id, group=group, label=label, primary=scope_primary)
 
     rank_suffix = f"-rank-{topology.local_rank}" if per_node else f"-rank-{topology.rank}"

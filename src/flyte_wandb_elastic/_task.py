@@ -7,11 +7,15 @@ import inspect
 from dataclasses import dataclass
 from typing import Any
 
+import flyte
 from flyte.extend import TaskPluginRegistry
 from flyteplugins.pytorch.task import TorchFunctionTask
 
 from ._config import WandbElastic
 from ._hooks import RankHooks
+from ._links import Wandb, links_for
+
+API_KEY_ENV = "WANDB_API_KEY"
 
 
 @dataclass(kw_only=True)
@@ -19,7 +23,8 @@ class WandbElasticTask(TorchFunctionTask):
     """A PyTorch elastic task whose worker processes run the W&B rank hooks.
 
     It serializes exactly as the pytorch plugin's task (a PyTorchJob, or a python task for one
-    node), so `flyte run`, `flyte deploy` and local runs treat it as a normal Elastic task.
+    node), with W&B console links and, when `api_key_secret` is set, a secret request for
+    `WANDB_API_KEY`. `flyte run`, `flyte deploy` and local runs treat it as a normal Elastic task.
     """
 
     plugin_config: WandbElastic
@@ -31,13 +36,28 @@ class WandbElasticTask(TorchFunctionTask):
                 "workers call the task function synchronously: declare it with `def`, not `async def`."
             )
         super().__post_init__()
+        config = self.plugin_config
+        own = links_for(config.wandb_options(), self.min_nodes, self.max_nodes, config.nproc_per_node)
+        # `override()` builds a new task from this one's links: replace ours rather than add twice.
+        kept = tuple(link for link in self.links if not isinstance(link, Wandb))  # type: ignore[has-type]
+        self.links = (*kept, *own)
+        if config.api_key_secret is not None:
+            requested = self.secrets  # type: ignore[has-type]
+            self.secrets = _with_api_key(requested, config.api_key_secret, config.api_key_secret_group)
 
     async def execute(self, *args: Any, **kwargs: Any) -> Any:
         # Runs in the launching process: hand torch elastic the function with the hooks around it.
         hooked = copy.copy(self)
         config = self.plugin_config
-        hooked.func = RankHooks(self.func, config.wandb_options(), config.nproc_per_node)
+        hooked.func = RankHooks(self.func, config.wandb_options(), self.max_nodes, config.nproc_per_node)
         return await TorchFunctionTask.execute(hooked, *args, **kwargs)
+
+
+def _with_api_key(secrets: Any, key: str, group: str | None) -> list[Any]:
+    """`secrets` plus a request for the W&B API key as `WANDB_API_KEY` (replacing any earlier one)."""
+    requested = [] if secrets is None else list(secrets) if isinstance(secrets, (list, tuple)) else [secrets]
+    kept = [s for s in requested if not (isinstance(s, flyte.Secret) and s.as_env_var == API_KEY_ENV)]
+    return [*kept, flyte.Secret(key=key, group=group, as_env_var=API_KEY_ENV)]
 
 
 TaskPluginRegistry.register(config_type=WandbElastic, plugin=WandbElasticTask)

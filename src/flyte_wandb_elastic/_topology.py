@@ -52,11 +52,6 @@ class Topology:
         """Whether the job has more than one rank."""
         return self.world_size > 1
 
-    @property
-    def multi_node(self) -> bool:
-        """Whether the job spans more than one node."""
-        return self.num_nodes > 1
-
     def as_info(self) -> dict[str, Any] | None:
         """The upstream `get_distributed_info()` dict, or `None` when not distributed."""
         if not self.distributed:
