@@ -65,6 +65,7 @@ def launch(
     action_name: str = "a0",
     extra_env: dict[str, str] | None = None,
     mode: str = "remote",
+    task: str | None = None,
 ) -> Launch:
     """Run the test `train` task as Flyte pods would, one process per node, and collect results."""
     nnodes = int(str(config.get("nnodes", 1)).split(":")[-1]) if mode == "remote" else 1
@@ -79,6 +80,7 @@ def launch(
             "config": config,
             "inputs": inputs or {},
             "mode": mode,
+            **({"task": task} if task else {}),
             "custom_context": custom_context or {},
             "run_name": run_name,
             "action_name": action_name,

@@ -1,13 +1,14 @@
 """Run a task the way a Flyte pod does: remote mode, so torch elastic spawns real workers.
 
 Usage: `python -m tests.launcher SPEC_JSON`, once per simulated node, every node with the same
-PET_RDZV_ENDPOINT. SPEC_JSON holds `config` (WandbElastic fields), `inputs`, `mode` ("local"
+PET_RDZV_ENDPOINT. SPEC_JSON holds `config` (WandbElastic fields) or `task` ("module:name"), `inputs`, `mode` ("local"
 for a local Flyte run), `run_name`, `action_name`, `custom_context`, `work_dir` and `out` (a
 JSON file that receives the result or the error).
 """
 
 from __future__ import annotations
 
+import importlib
 import json
 import sys
 import traceback
@@ -21,7 +22,11 @@ from tests.tasks import make_task
 
 
 def run(spec: dict[str, Any]) -> Any:
-    task = make_task(**spec["config"])
+    if "task" in spec:  # "module:name" of a task defined in a module
+        module, name = spec["task"].split(":")
+        task = getattr(importlib.import_module(module), name)
+    else:
+        task = make_task(**spec["config"])
     inputs = spec.get("inputs", {})
     if spec.get("mode") == "local":
         return flyte.with_runcontext(mode="local").run(task, **inputs).outputs()[0]

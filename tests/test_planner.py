@@ -70,8 +70,22 @@ def test_truth_table(run_mode: str, rank_scope: str, nodes: int) -> None:
     assert plans == TABLE[(run_mode, rank_scope, nodes)]
 
 
-def test_lone_process_opens_one_run() -> None:
-    assert plan_rank(WandbOptions(), Topology(), "r1", "a0", max_nodes=4) == run(B)
+@pytest.mark.parametrize("run_mode", ["auto", "shared", "new"])
+def test_lone_process_opens_one_run(run_mode: str) -> None:
+    assert plan(run_mode, "worker", Topology(), max_nodes=4) == run(B)
+
+
+def test_lone_process_reuses_its_parents_run() -> None:
+    assert plan_rank(WandbOptions(), Topology(), "r1", "a1", parent_run_id="p-run") == run(
+        "p-run", label="a1", primary=False
+    )
+    assert plan_rank(WandbOptions(run_mode="new"), Topology(), "r1", "a1", parent_run_id="p-run") == run(B[:-1] + "1")
+    assert plan_rank(WandbOptions(id="mine"), Topology(), "r1", "a1", parent_run_id="p-run") == run("mine")
+
+
+def test_outside_flyte_wandb_picks_the_id() -> None:
+    assert plan_rank(WandbOptions(), Topology(), None, "") == run(None)  # type: ignore[arg-type]
+    assert plan_rank(WandbOptions(id="trial"), Topology(), None, "") == run("trial")
 
 
 @pytest.mark.parametrize("run_mode", ["auto", "shared", "new"])

@@ -3,7 +3,9 @@
 from importlib.metadata import PackageNotFoundError, version
 
 from ._config import WandbElastic
+from ._decorator import wandb_init
 from ._hooks import get_distributed_info, get_wandb_run
+from ._links import Wandb
 from ._local import run_ranks_locally
 from ._options import WandbOptions, wandb_config
 from ._runfiles import RunFile, format_table, read_run_file, read_run_files
@@ -16,6 +18,7 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree
 
 __all__ = [
     "RunFile",
+    "Wandb",
     "WandbElastic",
     "WandbElasticTask",
     "WandbOptions",
@@ -27,4 +30,5 @@ __all__ = [
     "read_run_files",
     "run_ranks_locally",
     "wandb_config",
+    "wandb_init",
 ]

@@ -1,21 +1,22 @@
 """The per-rank hooks that wrap the user's function.
 
-Process: `RankHooks.__call__` runs inside each worker process that torch elastic starts (and,
-in a local run, in the one process that calls the function). The launching process only pickles
-it; it opens no run.
+Process: `RankHooks` runs inside each worker process that torch elastic starts (and, in a local
+run or a non-Elastic task, in the one process that runs the function). The launching process of
+an Elastic task only pickles it; it opens no run.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
 import flyte
 
-from ._options import WandbOptions
+from ._options import PARENT_RUN_KEY, WandbOptions
 from ._planner import plan_rank
 from ._topology import Topology
 
@@ -54,44 +55,62 @@ class RankHooks:
     nproc_per_node: int = 1
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        run = self.pre_execute()
-        token = _current_run.set(run)
-        try:
-            result = self.func(*args, **kwargs)
-        except BaseException as exc:
-            _current_run.reset(token)
-            self.post_execute(run, exc)
-            raise
-        _current_run.reset(token)
-        self.post_execute(run, None)
-        return result
+        with self.session():
+            return self.func(*args, **kwargs)
 
-    def pre_execute(self) -> Any:
-        """Open this rank's run if the plan says so; return it, or `None`."""
-        ctx = flyte.ctx()
+    @contextmanager
+    def session(self) -> Iterator[Any]:
+        """Pre-execute hook on entry, post-execute hook on exit (with the exception, if any)."""
+        ctx = flyte.ctx() or None  # outside a task, flyte.ctx() is a falsy stand-in
+        run, owned = self.pre_execute(ctx)
+        token = _current_run.set(run)
+        saved_parent = ctx.custom_context.get(PARENT_RUN_KEY) if ctx else None
+        if ctx and run is not None:
+            ctx.custom_context[PARENT_RUN_KEY] = run.id  # tasks called from here reuse this run
+        try:
+            yield run
+        except BaseException as exc:
+            self._restore(ctx, token, saved_parent)
+            self.post_execute(run if owned else None, exc)
+            raise
+        self._restore(ctx, token, saved_parent)
+        self.post_execute(run if owned else None, None)
+
+    def pre_execute(self, ctx: Any) -> tuple[Any, bool]:
+        """Open this rank's run if the plan says so.
+
+        Returns:
+            The run (or `None`) and whether this hook owns it (and so finishes it).
+        """
         topology = Topology.from_env(os.environ)
-        options = self.options.resolved(ctx.custom_context if ctx else None)
+        context = ctx.custom_context if ctx else {}
+        options = self.options.resolved(context)
         action = ctx.action if ctx else None
-        run_name, action_name = (action.run_name or "", action.name) if action else ("local", "run")
-        plan = plan_rank(options, topology, run_name, action_name, self.max_nodes)
+        run_name, action_name = (action.run_name or "", action.name) if action else (None, "")
+        plan = plan_rank(options, topology, run_name, action_name, self.max_nodes, context.get(PARENT_RUN_KEY))
         if not plan.opens_run:
-            return None
+            return None, False
+        live = _current_run.get()
+        if live is not None and live.id == plan.run_id:
+            return live, False  # the parent's run, open in this same process (a local run)
         from . import _wandb_run  # imported only by ranks that log
 
-        meta = {
-            "project": action.project if action else None,
-            "domain": action.domain if action else None,
-            "run_name": run_name,
-            "action_name": action_name,
-            "attempt": int(os.environ.get("FLYTE_ATTEMPT_NUMBER", "0")),
-            "restart_count": topology.restart_count,
-            "rank": topology.rank,
-            "local_rank": topology.local_rank,
-            "node_rank": topology.node_rank,
-            "world_size": topology.world_size,
-            "nproc_per_node": self.nproc_per_node,
-        }
-        return _wandb_run.open_run(plan, options, meta)
+        meta = None
+        if action is not None:
+            meta = {
+                "project": action.project,
+                "domain": action.domain,
+                "run_name": run_name,
+                "action_name": action_name,
+                "attempt": int(os.environ.get("FLYTE_ATTEMPT_NUMBER", "0")),
+                "restart_count": topology.restart_count,
+                "rank": topology.rank,
+                "local_rank": topology.local_rank,
+                "node_rank": topology.node_rank,
+                "world_size": topology.world_size,
+                "nproc_per_node": self.nproc_per_node,
+            }
+        return _wandb_run.open_run(plan, options, meta), True
 
     def post_execute(self, run: Any, error: BaseException | None) -> None:
         """Finish `run` (if any) with exit code 0, or 1 when the function raised `error`."""
@@ -102,6 +121,16 @@ class RankHooks:
         from . import _wandb_run
 
         _wandb_run.finish_run(run, exit_code=0 if error is None else 1)
+
+    @staticmethod
+    def _restore(ctx: Any, token: Any, saved_parent: str | None) -> None:
+        _current_run.reset(token)
+        if ctx is None:
+            return
+        if saved_parent is None:
+            ctx.custom_context.pop(PARENT_RUN_KEY, None)
+        else:
+            ctx.custom_context[PARENT_RUN_KEY] = saved_parent
 
 
 def _record_for_torch_elastic(error: BaseException) -> None:

@@ -7,12 +7,11 @@ backend substitutes.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
-from ._options import WandbOptions
+from ._options import PARENT_RUN_KEY, WandbOptions
 from ._planner import plan_rank
 from ._topology import Topology
 
@@ -25,7 +24,7 @@ def _part(value: str) -> str:
     return quote(value, safe="{}.-_~")
 
 
-@dataclass(frozen=True)
+@dataclass
 class Wandb:
     """A Flyte console link to the W&B run (or group of runs) that one scope of a task writes.
 
@@ -46,14 +45,14 @@ class Wandb:
     nproc_per_node: int = 1
     node: int = 0
     name: str = "Weights & Biases"
-    icon_uri: str = _ICON
+    icon_uri: str | None = _ICON
 
     def get_link(
         self,
         run_name: str,
         project: str,
         domain: str,
-        context: Mapping[str, str],
+        context: dict[str, str],
         parent_action_name: str,
         action_name: str,
         pod_name: str,
@@ -80,7 +79,7 @@ class Wandb:
             node_rank=node,
             num_nodes=self.max_nodes,
         )
-        plan = plan_rank(options, topology, run_name, action_name, self.max_nodes)
+        plan = plan_rank(options, topology, run_name, action_name, self.max_nodes, context.get(PARENT_RUN_KEY))
         page = f"{host}/{_part(options.entity)}/{_part(options.project)}"
         if options.run_mode == "new" and plan.group:
             return f"{page}/groups/{_part(plan.group)}"

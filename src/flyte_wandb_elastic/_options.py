@@ -22,6 +22,8 @@ MODES: tuple[str, ...] = get_args(Mode)
 
 # Prefix of the run-context keys; the same keys as the upstream `flyteplugins-wandb` writes.
 CONTEXT_PREFIX = "wandb_"
+# Run-context key through which a task passes its run id to the tasks it calls (as upstream).
+PARENT_RUN_KEY = "_wandb_run_id"
 # Context fields stored as JSON (the rest are plain strings).
 _JSON_FIELDS = frozenset({"tags", "config", "download_logs", "kwargs"})
 # `wandb.init` arguments that the options own; `init_kwargs` must not repeat them.
@@ -108,6 +110,13 @@ class WandbOptions:
                 f"no key that has its own field (move {', '.join(owned)} to the field of that name)",
             )
 
+    @classmethod
+    def from_kwargs(cls, **kwargs: Any) -> WandbOptions:
+        """Options from `wandb.init`-style keywords: the fields by name, anything else into `init_kwargs`."""
+        names = {f.name for f in fields(cls)} - {"init_kwargs"}
+        own = {k: v for k, v in kwargs.items() if k in names}
+        return cls(**own, init_kwargs={k: v for k, v in kwargs.items() if k not in names})
+
     def wandb_options(self) -> WandbOptions:
         """This object's W&B fields alone, as a plain `WandbOptions`."""
         return WandbOptions(**{f.name: getattr(self, f.name) for f in fields(WandbOptions)})
@@ -174,8 +183,7 @@ def wandb_config(
     """
     if not isinstance(download_logs, bool):
         raise invalid("download_logs", download_logs, "True or False")
-    owned = {k: kwargs.pop(k) for k in ("notes", "job_type") if k in kwargs}
-    options = WandbOptions(
+    options = WandbOptions.from_kwargs(
         project=project,
         entity=entity,
         host=host,
@@ -187,8 +195,7 @@ def wandb_config(
         group=group,
         run_mode=run_mode,
         rank_scope=rank_scope,
-        init_kwargs=kwargs,
-        **owned,
+        **kwargs,
     )
     return to_context(options, download_logs=download_logs)
 

@@ -43,9 +43,10 @@ def base_run_id(run_name: str, action_name: str, user_id: str | None = None) -> 
 def plan_rank(
     options: WandbOptions,
     topology: Topology,
-    run_name: str,
+    run_name: str | None,
     action_name: str,
     max_nodes: int = 1,
+    parent_run_id: str | None = None,
 ) -> RankPlan:
     """Decide this rank's W&B part.
 
@@ -64,20 +65,30 @@ def plan_rank(
     joined, so an elastic job's ids never depend on the rendezvous outcome (and links know them).
 
     The base is the user's `id`, else `{run name}-{action name}`. A user-given `group` replaces
-    the computed one.
+    the computed one. A lone (non-distributed) process opens one run, with the base id; if its
+    parent task has a run, it reuses that run in `auto` and `shared` mode, as a non-primary writer
+    labelled with the action name.
 
     Args:
         options: The task's options, resolved (`run_mode` and `rank_scope` set).
         topology: Where this rank sits.
-        run_name: The Flyte run name (a template such as `{{.runName}}` when serializing links).
+        run_name: The Flyte run name (a template such as `{{.runName}}` when serializing links), or
+            `None` outside Flyte (a plain function, e.g. a sweep objective): W&B then picks the id.
         action_name: The Flyte action name.
         max_nodes: The most nodes the job's `nnodes` allows.
+        parent_run_id: The run id a parent task passed down through the run context, if any.
 
     Returns:
         The plan for this rank.
     """
     run_mode, rank_scope, group = options.run_mode or "auto", options.rank_scope or "global", options.group
+    if run_name is None:
+        return RankPlan(opens_run=True, run_id=options.id, group=group, primary=True)
     base_id = base_run_id(run_name, action_name, options.id)
+    if not topology.distributed:
+        if parent_run_id and not options.id and run_mode != "new":
+            return RankPlan(opens_run=True, run_id=parent_run_id, group=group, label=action_name, primary=False)
+        return RankPlan(opens_run=True, run_id=base_id, group=group, primary=True)
     multi_node = max_nodes > 1 and topology.distributed
     per_node = rank_scope == "worker" and multi_node
     scope_id = f"{base_id}-worker-{topology.node_rank}" if per_node else base_id

@@ -16,13 +16,13 @@ from ._planner import RankPlan
 _PUBLIC_HOST = "https://wandb.ai"
 
 
-def open_run(plan: RankPlan, options: WandbOptions, flyte_meta: dict[str, Any]) -> Any:
+def open_run(plan: RankPlan, options: WandbOptions, flyte_meta: dict[str, Any] | None) -> Any:
     """Call `wandb.init` for this rank as `plan` says.
 
     Args:
         plan: This rank's plan; `plan.opens_run` must be true.
         options: Resolved options (run context and defaults applied).
-        flyte_meta: Recorded under the `flyte` key of the run config.
+        flyte_meta: Recorded under the `flyte` key of the run config (`None` outside Flyte).
 
     Returns:
         The `wandb.Run`.
@@ -36,6 +36,8 @@ def open_run(plan: RankPlan, options: WandbOptions, flyte_meta: dict[str, Any]) 
     mode = options.mode or os.environ.get("WANDB_MODE") or None
     if mode:
         kwargs["mode"] = mode
+    # A task called in the same process (a local run) gets its own run, not its parent's.
+    kwargs.setdefault("reinit", "create_new")
     if plan.label is not None:
         settings.update(
             mode="shared",
@@ -50,7 +52,7 @@ def open_run(plan: RankPlan, options: WandbOptions, flyte_meta: dict[str, Any]) 
         user_settings = user_settings.model_dump(exclude_unset=True)
     settings = {**(user_settings or {}), **settings}
 
-    config = {**(options.config or {}), "flyte": flyte_meta}
+    config = {**(options.config or {}), **({"flyte": flyte_meta} if flyte_meta is not None else {})}
     return wandb.init(
         project=options.project,
         entity=options.entity,
