@@ -7,6 +7,8 @@ import os
 import socket
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +29,7 @@ class Launch:
     runs: list[RunFile]
     facts: dict[int, dict[str, Any]] = field(default_factory=dict)
     logs: list[str] = field(default_factory=list)
+    wall_s: float = 0.0
 
     @property
     def errors(self) -> list[str]:
@@ -66,8 +69,13 @@ def launch(
     extra_env: dict[str, str] | None = None,
     mode: str = "remote",
     task: str | None = None,
+    during: Callable[[Path], None] | None = None,
 ) -> Launch:
-    """Run the test `train` task as Flyte pods would, one process per node, and collect results."""
+    """Run the test `train` task as Flyte pods would, one process per node, and collect results.
+
+    `during`, if given, is called with the per-rank facts directory once the node processes are
+    started (to signal a rank, say); the launch then waits for them to end.
+    """
     nnodes = int(str(config.get("nnodes", 1)).split(":")[-1]) if mode == "remote" else 1
     facts_dir = tmp / "facts"
     facts_dir.mkdir(parents=True, exist_ok=True)
@@ -75,6 +83,7 @@ def launch(
     if nnodes > 1:
         env["PET_RDZV_ENDPOINT"] = f"127.0.0.1:{free_port()}"
     procs = []
+    started = time.monotonic()
     for node in range(nnodes):
         spec = {
             "config": config,
@@ -101,6 +110,8 @@ def launch(
             )
         )
     try:
+        if during is not None:
+            during(facts_dir)
         for proc, _ in procs:
             proc.wait(timeout=LAUNCH_TIMEOUT_S)
     finally:
@@ -109,13 +120,14 @@ def launch(
                 proc.kill()
                 proc.wait()
             log.close()
+    wall_s = time.monotonic() - started
     outcomes = []
     for node in range(nnodes):
         out = tmp / f"node-{node}.json"
         outcomes.append(json.loads(out.read_text()) if out.exists() else {"error": "node wrote no outcome"})
     facts = {int(p.stem.split("-")[1]): json.loads(p.read_text()) for p in facts_dir.glob("rank-*.json")}
     logs = [(tmp / f"node-{n}.log").read_text() for n in range(nnodes)]
-    return Launch(outcomes=outcomes, runs=read_run_files(tmp / "wandb"), facts=facts, logs=logs)
+    return Launch(outcomes=outcomes, runs=read_run_files(tmp / "wandb"), facts=facts, logs=logs, wall_s=wall_s)
 
 
 @pytest.fixture
@@ -127,3 +139,31 @@ def wandb_offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
         if key.startswith("WANDB_"):
             monkeypatch.setenv(key, value)
     return tmp_path
+
+
+def wait_for_facts(facts_dir: Path, rank: int, timeout_s: float = 60.0) -> dict[str, Any]:
+    """The facts a rank recorded at the start of its function, once it has."""
+    path = facts_dir / f"rank-{rank}.json"
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if path.exists() and path.stat().st_size:
+            return json.loads(path.read_text())
+        time.sleep(0.1)
+    raise TimeoutError(f"rank {rank} recorded no facts within {timeout_s} s")
+
+
+def wandb_core_processes(wandb_dir: Path) -> list[int]:
+    """Live `wandb-core` processes that belong to runs under `wandb_dir` (by their environment)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes()
+            environ = (proc / "environ").read_bytes()
+            state = (proc / "stat").read_text().split()[2]
+        except OSError:
+            continue
+        if b"wandb-core" in cmdline and f"WANDB_DIR={wandb_dir}".encode() in environ and state != "Z":
+            found.append(int(proc.name))
+    return found

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +21,20 @@ FAST_ELASTIC: dict[str, Any] = {
 }
 
 
-def train(steps: int = 3, fail_rank: int = -1) -> float:
-    """A tiny DDP-style job: all-reduce a value each step and log it where this rank has a run."""
+def train(
+    steps: int = 3,
+    fail_rank: int = -1,
+    fail_step: int = -1,
+    sleep_rank: int = -1,
+    sleep_s: float = 0.0,
+    extra_metrics: int = 0,
+) -> float:
+    """A tiny DDP-style job: all-reduce a value each step and log it where this rank has a run.
+
+    `fail_rank` raises after the loop, or at the start of step `fail_step` when given (its peers
+    then block in that step's all-reduce). `sleep_rank` sleeps `sleep_s` at the start of step 1.
+    Each row holds `loss`, `reduced`, `rank` and `extra_metrics` more scalars.
+    """
     info = get_distributed_info()
     if info is not None:
         dist.init_process_group("gloo")
@@ -31,13 +44,18 @@ def train(steps: int = 3, fail_rank: int = -1) -> float:
     total = torch.tensor([0.0])
     try:
         for step in range(steps):
+            if rank == fail_rank and step == fail_step:
+                raise ValueError(f"rank {rank} failed on purpose at step {step}")
+            if rank == sleep_rank and step == 1:
+                time.sleep(sleep_s)
             value = torch.tensor([float(rank + step)])
             if info is not None:
                 dist.all_reduce(value)
             total += value
             if run is not None:
-                run.log({"loss": 1.0 / (step + 1), "reduced": value.item(), "rank": rank})
-        if rank == fail_rank:
+                row = {"loss": 1.0 / (step + 1), "reduced": value.item(), "rank": rank}
+                run.log({**row, **{f"m{i}": step * i for i in range(extra_metrics)}})
+        if rank == fail_rank and fail_step < 0:
             raise ValueError(f"rank {rank} failed on purpose")
     finally:
         if info is not None:
@@ -49,7 +67,7 @@ def _record_facts(rank: int, run: Any, info: dict[str, Any] | None) -> None:
     facts_dir = os.environ.get("TEST_FACTS_DIR")
     if not facts_dir:
         return
-    facts = {"rank": rank, "run_id": run.id if run is not None else None, "info": info}
+    facts = {"rank": rank, "pid": os.getpid(), "run_id": run.id if run is not None else None, "info": info}
     Path(facts_dir, f"rank-{rank}.json").write_text(json.dumps(facts))
 
 

@@ -7,6 +7,7 @@ an Elastic task only pickles it; it opens no run.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -18,6 +19,7 @@ import flyte
 
 from ._options import PARENT_RUN_KEY, WandbOptions
 from ._planner import plan_rank
+from ._shutdown import STOP_EXIT_CODE, FinishOnce, Stopped, finish_on_stop
 from ._topology import Topology
 
 _current_run: ContextVar[Any] = ContextVar("flyte_wandb_elastic_run", default=None)
@@ -63,18 +65,26 @@ class RankHooks:
         """Pre-execute hook on entry, post-execute hook on exit (with the exception, if any)."""
         ctx = flyte.ctx() or None  # outside a task, flyte.ctx() is a falsy stand-in
         run, owned = self.pre_execute(ctx)
-        token = _current_run.set(run)
-        saved_parent = ctx.custom_context.get(PARENT_RUN_KEY) if ctx else None
-        if ctx and run is not None:
-            ctx.custom_context[PARENT_RUN_KEY] = run.id  # tasks called from here reuse this run
+        if not owned:  # no run, or the parent's: nothing to finish here
+            try:
+                with self._published(ctx, run):
+                    yield run
+            except BaseException as exc:
+                _record_for_torch_elastic(exc)
+                raise
+            return
+        from . import _wandb_run
+
+        finish = FinishOnce(functools.partial(_wandb_run.finish_run, run))
+        error: BaseException | None = None
         try:
-            yield run
+            with self._published(ctx, run), finish_on_stop(finish):
+                yield run
         except BaseException as exc:
-            self._restore(ctx, token, saved_parent)
-            self.post_execute(run if owned else None, exc)
+            error = exc
             raise
-        self._restore(ctx, token, saved_parent)
-        self.post_execute(run if owned else None, None)
+        finally:
+            self.post_execute(finish, error)
 
     def pre_execute(self, ctx: Any) -> tuple[Any, bool]:
         """Open this rank's run if the plan says so.
@@ -112,25 +122,36 @@ class RankHooks:
             }
         return _wandb_run.open_run(plan, options, meta), True
 
-    def post_execute(self, run: Any, error: BaseException | None) -> None:
-        """Finish `run` (if any) with exit code 0, or 1 when the function raised `error`."""
-        if error is not None:
-            _record_for_torch_elastic(error)
-        if run is None:
-            return
-        from . import _wandb_run
+    def post_execute(self, finish: FinishOnce, error: BaseException | None) -> None:
+        """Finish the run: exit code 0, 1 when the function raised, 143 when the rank was stopped.
 
-        _wandb_run.finish_run(run, exit_code=0 if error is None else 1)
+        The error is recorded in the run summary (`flyte_error`) and where torch elastic reads it,
+        so the task fails with this rank's message.
+        """
+        if error is None:
+            finish(0, None)
+            return
+        _record_for_torch_elastic(error)
+        exit_code = STOP_EXIT_CODE if isinstance(error, Stopped) else 1
+        finish(exit_code, f"{type(error).__name__}: {error}")
 
     @staticmethod
-    def _restore(ctx: Any, token: Any, saved_parent: str | None) -> None:
-        _current_run.reset(token)
-        if ctx is None:
-            return
-        if saved_parent is None:
-            ctx.custom_context.pop(PARENT_RUN_KEY, None)
-        else:
-            ctx.custom_context[PARENT_RUN_KEY] = saved_parent
+    @contextmanager
+    def _published(ctx: Any, run: Any) -> Iterator[None]:
+        """`run` is `get_wandb_run()`'s answer, and tasks called from here see its id as their parent's."""
+        token = _current_run.set(run)
+        saved_parent = ctx.custom_context.get(PARENT_RUN_KEY) if ctx else None
+        if ctx and run is not None:
+            ctx.custom_context[PARENT_RUN_KEY] = run.id
+        try:
+            yield
+        finally:
+            _current_run.reset(token)
+            if ctx is not None:
+                if saved_parent is None:
+                    ctx.custom_context.pop(PARENT_RUN_KEY, None)
+                else:
+                    ctx.custom_context[PARENT_RUN_KEY] = saved_parent
 
 
 def _record_for_torch_elastic(error: BaseException) -> None:

@@ -15,17 +15,19 @@ from typing import Any, Literal, get_args
 RunMode = Literal["auto", "shared", "new"]
 RankScope = Literal["global", "worker"]
 Mode = Literal["online", "offline", "disabled"]
+OnInitFailure = Literal["offline", "raise"]
 
 RUN_MODES: tuple[str, ...] = get_args(RunMode)
 RANK_SCOPES: tuple[str, ...] = get_args(RankScope)
 MODES: tuple[str, ...] = get_args(Mode)
+ON_INIT_FAILURE: tuple[str, ...] = get_args(OnInitFailure)
 
 # Prefix of the run-context keys; the same keys as the upstream `flyteplugins-wandb` writes.
 CONTEXT_PREFIX = "wandb_"
 # Run-context key through which a task passes its run id to the tasks it calls (as upstream).
 PARENT_RUN_KEY = "_wandb_run_id"
 # Context fields stored as JSON (the rest are plain strings).
-_JSON_FIELDS = frozenset({"tags", "config", "download_logs", "kwargs"})
+_JSON_FIELDS = frozenset({"tags", "config", "download_logs", "kwargs", "flush_interval", "init_timeout"})
 # `wandb.init` arguments that the options own; `init_kwargs` must not repeat them.
 _OWNED_INIT_ARGS = frozenset({"project", "entity", "id", "name", "group", "tags", "config", "notes", "job_type"})
 
@@ -58,6 +60,13 @@ class WandbOptions:
         job_type: Run job type.
         mode: `"online"`, `"offline"` or `"disabled"`; unset follows `WANDB_MODE`.
         init_kwargs: Any other `wandb.init` keyword argument.
+        flush_interval: Seconds between flushes of each run's offline transaction log
+            (default 1.0, W&B's own default is 15): a rank killed soon after logging keeps its rows.
+        init_timeout: Seconds `wandb.init` may take on a rank before it counts as failed
+            (default: W&B's, 90).
+        on_init_failure: When `wandb.init` fails on a rank (server unreachable, key rejected,
+            timeout): `"offline"` (default) logs that rank offline and warns with the command that
+            uploads it later; `"raise"` fails the rank.
     """
 
     project: str | None = None
@@ -74,8 +83,18 @@ class WandbOptions:
     job_type: str | None = None
     mode: Mode | None = None
     init_kwargs: dict[str, Any] = field(default_factory=dict)
+    flush_interval: float | None = None
+    init_timeout: float | None = None
+    on_init_failure: OnInitFailure | None = None
 
     def __post_init__(self) -> None:
+        _check_choice("on_init_failure", self.on_init_failure, ON_INIT_FAILURE)
+        for name in ("flush_interval", "init_timeout"):
+            value = getattr(self, name)
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 3600
+            ):
+                raise invalid(name, value, "a number of seconds between 0 and 3600 (exclusive), or None")
         _check_choice("run_mode", self.run_mode, RUN_MODES)
         _check_choice("rank_scope", self.rank_scope, RANK_SCOPES)
         _check_choice("mode", self.mode, MODES)

@@ -5,7 +5,10 @@ It is imported lazily, by ranks that open a run, so ranks that don't log never i
 
 from __future__ import annotations
 
+import logging
 import os
+import shutil
+from pathlib import Path
 from typing import Any
 
 import wandb
@@ -13,21 +16,35 @@ import wandb
 from ._options import WandbOptions
 from ._planner import RankPlan
 
+logger = logging.getLogger("flyte_wandb_elastic")
+
 _PUBLIC_HOST = "https://wandb.ai"
+DEFAULT_FLUSH_INTERVAL_S = 1.0
 
 
 def open_run(plan: RankPlan, options: WandbOptions, flyte_meta: dict[str, Any] | None) -> Any:
     """Call `wandb.init` for this rank as `plan` says.
 
+    When init fails online and `options.on_init_failure` is not `"raise"`, the rank logs offline
+    instead, and a warning names the command that uploads the run later.
+
     Args:
         plan: This rank's plan; `plan.opens_run` must be true.
-        options: Resolved options (run context and defaults applied).
+        options: Resolved options (run context applied).
         flyte_meta: Recorded under the `flyte` key of the run config (`None` outside Flyte).
 
     Returns:
         The `wandb.Run`.
+
+    Raises:
+        Exception: `wandb.init` failed and `on_init_failure="raise"` (or it failed offline).
     """
-    settings: dict[str, Any] = {}
+    settings: dict[str, Any] = {
+        # W&B flushes the transaction log every 15 s by default: a killed rank would lose its rows.
+        "x_transaction_log_flush_interval": options.flush_interval or DEFAULT_FLUSH_INTERVAL_S,
+    }
+    if options.init_timeout is not None:
+        settings["init_timeout"] = options.init_timeout
     kwargs: dict[str, Any] = dict(options.init_kwargs)
     if options.host and options.host.rstrip("/") != _PUBLIC_HOST:
         settings["base_url"] = options.host
@@ -51,23 +68,49 @@ def open_run(plan: RankPlan, options: WandbOptions, flyte_meta: dict[str, Any] |
     if isinstance(user_settings, wandb.Settings):
         user_settings = user_settings.model_dump(exclude_unset=True)
     settings = {**(user_settings or {}), **settings}
-
     config = {**(options.config or {}), **({"flyte": flyte_meta} if flyte_meta is not None else {})}
-    return wandb.init(
-        project=options.project,
-        entity=options.entity,
-        id=plan.run_id,
-        name=options.name,
-        group=plan.group,
-        tags=options.tags,
-        notes=options.notes,
-        job_type=options.job_type,
-        config=config,
-        settings=wandb.Settings(**settings),
+    init_kwargs = {
+        "project": options.project,
+        "entity": options.entity,
+        "id": plan.run_id,
+        "name": options.name,
+        "group": plan.group,
+        "tags": options.tags,
+        "notes": options.notes,
+        "job_type": options.job_type,
+        "config": config,
         **kwargs,
+    }
+    run_dirs = Path(kwargs.get("dir") or os.environ.get("WANDB_DIR") or os.getcwd(), "wandb")
+    before = set(run_dirs.iterdir()) if run_dirs.is_dir() else set()
+    try:
+        return wandb.init(settings=wandb.Settings(**settings), **init_kwargs)
+    except Exception as exc:
+        if options.on_init_failure == "raise" or kwargs.get("mode") in ("offline", "disabled"):
+            raise
+        failure = exc
+    # The failed attempt still holds the run id in this process's W&B service, and left a local
+    # directory that holds nothing and was never uploaded: start afresh, without it.
+    wandb.teardown()
+    if plan.run_id and run_dirs.is_dir():
+        for path in set(run_dirs.iterdir()) - before:
+            if path.is_dir() and path.name.startswith("run-") and plan.run_id in path.name:
+                shutil.rmtree(path, ignore_errors=True)
+    init_kwargs["mode"] = "offline"
+    settings.pop("base_url", None)
+    run = wandb.init(settings=wandb.Settings(**settings), **init_kwargs)
+    logger.warning(
+        "wandb.init failed (%s: %s); this rank logs offline to %s instead. Upload it later with: wandb sync %s",
+        type(failure).__name__,
+        failure,
+        run.settings.sync_dir,
+        run.settings.sync_dir,
     )
+    return run
 
 
-def finish_run(run: Any, exit_code: int) -> None:
-    """Finish `run` with `exit_code` (0 for success)."""
+def finish_run(run: Any, exit_code: int, error: str | None = None) -> None:
+    """Finish `run` with `exit_code` (0 for success), recording `error` in its summary if given."""
+    if error is not None:
+        run.summary["flyte_error"] = error
     run.finish(exit_code=exit_code)

@@ -1,0 +1,1 @@
+"""Benchmarks: importable so that torch elastic workers can unpickle the benchmark task by reference."""

@@ -1,0 +1,130 @@
+"""Failures look failed, W&B trouble never kills training, a killed rank keeps its rows.
+
+Real launches (torch elastic on CPU, gloo), W&B offline files read back, bounded timeouts.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import launch, wait_for_facts, wandb_core_processes
+
+pytestmark = pytest.mark.launch
+
+B = "r1-a0"
+ONE_NODE = {"nnodes": 1, "nproc_per_node": 2, "project": "p"}
+# monitor interval (1 s) + rank shutdown + W&B finish; far below the 60 s sleeps below
+JOB_END_BOUND_S = 25
+
+
+def _no_core_left(tmp_path: Path) -> None:
+    deadline = time.monotonic() + 10
+    while wandb_core_processes(tmp_path) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert wandb_core_processes(tmp_path) == []
+
+
+@pytest.mark.parametrize("run_mode", ["new", "shared"])
+def test_raising_rank_records_its_error_and_fails_the_task(tmp_path: Path, run_mode: str) -> None:
+    result = launch(tmp_path, {**ONE_NODE, "run_mode": run_mode}, inputs={"steps": 3, "fail_rank": 1})
+    [error] = result.errors
+    assert "ValueError: rank 1 failed on purpose" in error
+    [failed] = [run for run in result.runs if run.config["flyte"]["rank"] == 1]
+    assert failed.exit_code == 1
+    assert failed.summary["flyte_error"] == "ValueError: rank 1 failed on purpose"
+    assert len(failed.rows) == 3
+
+
+@pytest.mark.parametrize("run_mode", ["new", "shared"])
+def test_ranks_stopped_by_torch_elastic_finish_failed_and_keep_rows(tmp_path: Path, run_mode: str) -> None:
+    # rank 1 fails at step 1 while rank 0 sleeps: torch elastic then stops rank 0 with SIGTERM
+    inputs = {"steps": 3, "fail_rank": 1, "fail_step": 1, "sleep_rank": 0, "sleep_s": 60}
+    result = launch(tmp_path, {**ONE_NODE, "run_mode": run_mode}, inputs=inputs)
+    assert result.wall_s < JOB_END_BOUND_S
+    [error] = result.errors
+    assert "rank 1 failed on purpose at step 1" in error
+    by_rank = {run.config["flyte"]["rank"]: run for run in result.runs}
+    assert (by_rank[0].exit_code, by_rank[1].exit_code) == (143, 1)
+    assert "SIGTERM" in by_rank[0].summary["flyte_error"]
+    assert [len(by_rank[r].rows) for r in (0, 1)] == [1, 1]  # step 0, logged before the failure
+    # no run of the failed job looks successful, the shared run's primary included
+    assert all(run.exit_code not in (0, None) for run in result.runs)
+    _no_core_left(tmp_path)
+
+
+def test_rank_stopped_while_blocked_in_a_collective_finishes_failed(tmp_path: Path) -> None:
+    # rank 1 stalls before step 1, so rank 0 blocks inside the step-1 all-reduce (native code)
+    def stop_rank_0(facts_dir: Path) -> None:
+        pid = wait_for_facts(facts_dir, 0)["pid"]
+        time.sleep(3)  # rank 0 has logged step 0 and is blocked
+        os.kill(pid, signal.SIGTERM)
+
+    inputs = {"steps": 3, "sleep_rank": 1, "sleep_s": 60}
+    result = launch(tmp_path, {**ONE_NODE, "run_mode": "new"}, inputs=inputs, during=stop_rank_0)
+    assert result.wall_s < JOB_END_BOUND_S + 3
+    assert len(result.errors) == 1
+    by_rank = {run.config["flyte"]["rank"]: run for run in result.runs}
+    assert by_rank[0].exit_code == 143
+    assert len(by_rank[0].rows) == 1
+    assert by_rank[1].exit_code not in (0, None)
+    _no_core_left(tmp_path)
+
+
+def test_rank_killed_soon_after_logging_keeps_its_rows(tmp_path: Path) -> None:
+    def kill_rank_0(facts_dir: Path) -> None:
+        pid = wait_for_facts(facts_dir, 0)["pid"]
+        time.sleep(2.5)  # step 0 logged right after the facts; then rank 0 waits on rank 1
+        os.kill(pid, signal.SIGKILL)
+
+    inputs = {"steps": 3, "sleep_rank": 1, "sleep_s": 60}
+    result = launch(tmp_path, {**ONE_NODE, "run_mode": "new"}, inputs=inputs, during=kill_rank_0)
+    assert len(result.errors) == 1
+    [killed] = [run for run in result.runs if run.run_id == f"{B}-rank-0"]
+    assert killed.exit_code is None  # SIGKILL: no chance to finish
+    assert [row["loss"] for row in killed.rows] == [1.0]
+
+
+@pytest.mark.parametrize("run_mode", ["auto", "shared", "new"])
+def test_unreachable_server_falls_back_to_offline(tmp_path: Path, run_mode: str) -> None:
+    config = {**ONE_NODE, "run_mode": run_mode, "mode": "online", "host": "http://127.0.0.1:9", "init_timeout": 5}
+    result = launch(tmp_path, config, extra_env={"WANDB_API_KEY": "x" * 40})
+    assert result.errors == []
+    assert len(result.runs) == (1 if run_mode == "auto" else 2)
+    assert all(run.exit_code == 0 and len(run.rows) == 3 for run in result.runs)
+    assert all(run.path.parent.name.startswith("offline-run-") for run in result.runs)
+    log = "".join(result.logs)
+    assert "wandb.init failed" in log
+    assert "Upload it later with: wandb sync " in log
+
+
+def test_unreachable_server_can_fail_the_task_instead(tmp_path: Path) -> None:
+    config = {
+        **ONE_NODE,
+        "mode": "online",
+        "host": "http://127.0.0.1:9",
+        "init_timeout": 5,
+        "on_init_failure": "raise",
+    }
+    started = time.monotonic()
+    result = launch(tmp_path, config, extra_env={"WANDB_API_KEY": "x" * 40})
+    [error] = result.errors
+    assert "CommError" in error
+    assert time.monotonic() - started < 5 + JOB_END_BOUND_S  # init never hangs past its timeout
+
+
+@pytest.mark.parametrize("run_mode", ["shared", "new"])
+def test_every_row_of_a_heavy_job_is_kept(tmp_path: Path, run_mode: str) -> None:
+    rows = 5000
+    config = {"nnodes": 2, "nproc_per_node": 2, "project": "p", "run_mode": run_mode}
+    result = launch(tmp_path, config, inputs={"steps": rows, "extra_metrics": 7})
+    assert result.errors == [], result.logs
+    assert len(result.runs) == 4
+    for run in result.runs:
+        assert run.exit_code == 0
+        assert [row["_step"] for row in run.rows] == list(range(rows))
+        assert all(len([k for k in row if not k.startswith("_")]) == 10 for row in run.rows)
