@@ -45,7 +45,10 @@ Metrics (per job; the table shows the median over the repeats that succeeded):
   topology.
 
 A job that fails (or times out) never stops the benchmark: its row says "failed" when no repeat
-succeeded, and the error is printed below the table.
+succeeded, and the error is printed below the table. The benchmark also measures the CPU time that
+processes outside it used during each job (from /proc/stat); a row whose jobs shared the machine
+with more than 10% of outside load is marked with a dagger, as its timings are not trustworthy.
+Leave the machine otherwise idle while it runs.
 """
 
 from __future__ import annotations
@@ -77,6 +80,8 @@ NODE_COUNTS = (1, 2)
 NPROC_PER_NODE = 2
 SAMPLE_INTERVAL_S = 0.1
 LEFTOVER_GRACE_S = 5.0
+DISTURBED_SHARE = 0.10  # a job is disturbed when other processes used more than this share of the machine's CPU
+DISTURBED_MARK = "†"
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 MARKER_VAR = "BENCH_JOB_ID"
@@ -228,6 +233,13 @@ class JobResult:
     other_cpu_s: float | None = None
     leftover: list[str] = field(default_factory=list)
     ranks: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def disturbed(self) -> bool:
+        """Whether processes outside the benchmark used a noticeable share of the CPUs during this job."""
+        if self.other_cpu_s is None or not self.wall_s:
+            return False
+        return self.other_cpu_s > DISTURBED_SHARE * self.wall_s * (os.cpu_count() or 1)
 
 
 def _free_port() -> int:
@@ -416,6 +428,7 @@ def summarize(results: list[JobResult]) -> dict[tuple[str, str, int], dict[str, 
         rows[key] = {
             "jobs": len(jobs),
             "ok": len(good),
+            "disturbed": any(r.disturbed for r in good),
             **{
                 metric: _median(getattr(r, metric) for r in good)
                 for metric in (
@@ -449,7 +462,7 @@ def format_table(results: list[JobResult]) -> str:
             upstream = rows[("upstream", run_mode, nnodes)]
             partial = f" ({row['ok']}/{row['jobs']} ok)" if row["ok"] < row["jobs"] else ""
             cells = [
-                _fmt(row["wall_s"]) + partial,
+                _fmt(row["wall_s"]) + partial + (f" {DISTURBED_MARK}" if row["disturbed"] else ""),
                 _fmt(row["first_step_rank0_s"]),
                 _fmt(row["first_step_nolog_s"]),
                 _fmt(row["step_ms"]),
@@ -470,6 +483,24 @@ def _version(dist: str) -> str:
         return "not installed"
 
 
+def _source_state() -> str:
+    """The repository's commit, and whether the working tree differs from it (what `ours` ran)."""
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        changed = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", "src"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return f"git {commit}" + (" with uncommitted changes under src/" if changed else "")
+
+
 def machine() -> dict[str, Any]:
     model = "unknown"
     try:
@@ -484,6 +515,7 @@ def machine() -> dict[str, Any]:
         "cpu_model": model,
         "platform": platform.platform(),
         "python": platform.python_version(),
+        "source": _source_state(),
         **{
             dist: _version(dist)
             for dist in ("torch", "wandb", "flyte", "flyteplugins-pytorch", "flyteplugins-wandb", "flyte-wandb-elastic")
@@ -536,6 +568,11 @@ def main(argv: list[str] | None = None) -> int:
         '\nupstream shared runs with mode="offline" passed to `@wandb_init`: with WANDB_MODE=offline alone its'
         ' Settings(mode="shared") overrides the offline mode and wandb.init fails for want of an API key.'
     )
+    if any(r.disturbed for r in results):
+        print(
+            f"{DISTURBED_MARK} During at least one of this row's jobs, processes outside the benchmark used more than"
+            f" {DISTURBED_SHARE:.0%} of the machine's CPU time: its timings are disturbed."
+        )
     failures = [r for r in results if not r.ok]
     if failures:
         print("\nFailed jobs:")
@@ -562,7 +599,7 @@ def main(argv: list[str] | None = None) -> int:
         payload = {
             "machine": info,
             "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-            "jobs": [asdict(r) for r in results],
+            "jobs": [{**asdict(r), "disturbed": r.disturbed} for r in results],
         }
         args.json.write_text(json.dumps(payload, indent=2))
         print(f"Raw results: {args.json}")

@@ -70,6 +70,7 @@ def launch(
     mode: str = "remote",
     task: str | None = None,
     during: Callable[[Path], None] | None = None,
+    function: str = "train",
 ) -> Launch:
     """Run the test `train` task as Flyte pods would, one process per node, and collect results.
 
@@ -89,6 +90,7 @@ def launch(
             "config": config,
             "inputs": inputs or {},
             "mode": mode,
+            "function": function,
             **({"task": task} if task else {}),
             "custom_context": custom_context or {},
             "run_name": run_name,

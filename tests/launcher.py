@@ -26,7 +26,7 @@ def run(spec: dict[str, Any]) -> Any:
         module, name = spec["task"].split(":")
         task = getattr(importlib.import_module(module), name)
     else:
-        task = make_task(**spec["config"])
+        task = make_task(spec.get("function", "train"), **spec["config"])
     inputs = spec.get("inputs", {})
     if spec.get("mode") == "local":
         return flyte.with_runcontext(mode="local").run(task, **inputs).outputs()[0]

@@ -63,6 +63,23 @@ def train(
     return total.item()
 
 
+def flaky(steps: int = 3, fail_rank: int = 1) -> int:
+    """Log `steps` rows; `fail_rank` then fails on the first attempt (no process group is formed).
+
+    Returns the torch elastic restart count it finished in.
+    """
+    info = get_distributed_info()
+    rank = info["rank"] if info else 0
+    restart = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+    run = get_wandb_run()
+    for step in range(steps):
+        if run is not None:
+            run.log({"row": step, "restart": restart, "rank": rank})
+    if rank == fail_rank and restart == 0:
+        raise ValueError(f"rank {rank} fails on the first attempt")
+    return restart
+
+
 def _record_facts(rank: int, run: Any, info: dict[str, Any] | None) -> None:
     facts_dir = os.environ.get("TEST_FACTS_DIR")
     if not facts_dir:
@@ -79,6 +96,6 @@ def make_env(**config: Any) -> flyte.TaskEnvironment:
     )
 
 
-def make_task(**config: Any) -> Any:
-    """The `train` task on an environment built from `config`."""
-    return make_env(**config).task(train)
+def make_task(function: str = "train", **config: Any) -> Any:
+    """The task for `function` (`train` or `flaky`) on an environment built from `config`."""
+    return make_env(**config).task({"train": train, "flaky": flaky}[function])

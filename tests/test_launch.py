@@ -145,21 +145,6 @@ def test_user_id_and_group_in_new_mode(tmp_path: Path) -> None:
     assert result.layout() == [("exp-rank-0", "g", "", True), ("exp-rank-1", "g", "", True)]
 
 
-def test_failing_rank_records_failure_and_fails_task(tmp_path: Path) -> None:
-    result = launch(
-        tmp_path,
-        {"nnodes": 1, "nproc_per_node": 2, "project": "p", "run_mode": "new"},
-        inputs={"steps": STEPS, "fail_rank": 1},
-    )
-    [error] = result.errors
-    assert "rank 1 failed on purpose" in error
-    exit_codes = {run.run_id: run.exit_code for run in result.runs}
-    assert exit_codes[f"{B}-rank-1"] not in (0, None)
-    # the failing rank's rows were kept
-    [failed] = [run for run in result.runs if run.run_id == f"{B}-rank-1"]
-    assert len(failed.rows) == STEPS
-
-
 def test_run_context_fills_unset_fields(tmp_path: Path) -> None:
     from flyte_wandb_elastic import wandb_config
 

@@ -128,3 +128,35 @@ def test_every_row_of_a_heavy_job_is_kept(tmp_path: Path, run_mode: str) -> None
         assert run.exit_code == 0
         assert [row["_step"] for row in run.rows] == list(range(rows))
         assert all(len([k for k in row if not k.startswith("_")]) == 10 for row in run.rows)
+
+
+@pytest.mark.parametrize("run_mode", ["auto", "shared", "new"])
+def test_restarted_worker_group_reopens_its_runs_and_loses_nothing(tmp_path: Path, run_mode: str) -> None:
+    config = {**ONE_NODE, "run_mode": run_mode, "max_restarts": 1}
+    result = launch(tmp_path, config, inputs={"steps": 3}, function="flaky")
+    assert result.errors == []
+    assert result.outcomes[0]["result"] == 1  # finished on the first restart
+    writers: dict[tuple[str, str], list] = {}
+    for run in result.runs:
+        writers.setdefault((run.run_id, run.label), []).append(run)
+    assert len(writers) == {"auto": 1, "shared": 2, "new": 2}[run_mode]
+    for files in writers.values():
+        files.sort(key=lambda r: r.config["flyte"]["restart_count"])
+        assert [f.config["flyte"]["restart_count"] for f in files] == [0, 1]
+        rows = [row for f in files for row in f.rows]
+        # both attempts' rows are kept, and steps never go back within the run
+        assert [(row["restart"], row["row"]) for row in rows] == [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1), (1, 2)]
+        assert [row["_step"] for row in rows] == list(range(6))
+        assert files[-1].exit_code == 0
+
+
+def test_flyte_retry_reopens_the_runs_of_the_failed_attempt(tmp_path: Path) -> None:
+    config = {**ONE_NODE, "run_mode": "new"}
+    first = launch(tmp_path, config, inputs={"steps": 3, "fail_rank": 1})
+    assert len(first.errors) == 1
+    retry = launch(tmp_path, config, inputs={"steps": 3}, extra_env={"FLYTE_ATTEMPT_NUMBER": "1"})
+    assert retry.errors == []
+    [failed_then_ok] = [[r for r in retry.runs if r.run_id == f"{B}-rank-1"]]
+    failed_then_ok.sort(key=lambda r: r.config["flyte"]["attempt"])
+    assert [(r.config["flyte"]["attempt"], r.exit_code) for r in failed_then_ok] == [(0, 1), (1, 0)]
+    assert [row["_step"] for r in failed_then_ok for row in r.rows] == list(range(6))

@@ -77,14 +77,15 @@ class RankHooks:
 
         finish = FinishOnce(functools.partial(_wandb_run.finish_run, run))
         error: BaseException | None = None
-        try:
-            with self._published(ctx, run), finish_on_stop(finish):
+        with self._published(ctx, run), finish_on_stop(finish) as finishing:
+            try:
                 yield run
-        except BaseException as exc:
-            error = exc
-            raise
-        finally:
-            self.post_execute(finish, error)
+            except BaseException as exc:
+                error = exc
+                raise
+            finally:
+                finishing()
+                self.post_execute(finish, error)
 
     def pre_execute(self, ctx: Any) -> tuple[Any, bool]:
         """Open this rank's run if the plan says so.
@@ -105,6 +106,7 @@ class RankHooks:
             return live, False  # the parent's run, open in this same process (a local run)
         from . import _wandb_run  # imported only by ranks that log
 
+        attempt = int(os.environ.get("FLYTE_ATTEMPT_NUMBER", "0"))
         meta = None
         if action is not None:
             meta = {
@@ -112,7 +114,7 @@ class RankHooks:
                 "domain": action.domain,
                 "run_name": run_name,
                 "action_name": action_name,
-                "attempt": int(os.environ.get("FLYTE_ATTEMPT_NUMBER", "0")),
+                "attempt": attempt,
                 "restart_count": topology.restart_count,
                 "rank": topology.rank,
                 "local_rank": topology.local_rank,
@@ -120,7 +122,8 @@ class RankHooks:
                 "world_size": topology.world_size,
                 "nproc_per_node": self.nproc_per_node,
             }
-        return _wandb_run.open_run(plan, options, meta), True
+        resuming = topology.restart_count > 0 or attempt > 0
+        return _wandb_run.open_run(plan, options, meta, resuming), True
 
     def post_execute(self, finish: FinishOnce, error: BaseException | None) -> None:
         """Finish the run: exit code 0, 1 when the function raised, 143 when the rank was stopped.

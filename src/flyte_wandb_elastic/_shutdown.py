@@ -48,15 +48,25 @@ class FinishOnce:
 
 
 @contextmanager
-def finish_on_stop(finish: FinishOnce) -> Iterator[None]:
-    """While active, SIGTERM finishes the run through `finish` (see the module docstring)."""
+def finish_on_stop(finish: FinishOnce) -> Iterator[Callable[[], None]]:
+    """While active, SIGTERM finishes the run through `finish` (see the module docstring).
+
+    Yields a callable to call when the run is being finished anyway: a SIGTERM that arrives after
+    it waits until the run is finished (torch elastic would otherwise cut the finish short and the
+    run's last rows would be lost), and is delivered again when the block ends.
+    """
     if threading.current_thread() is not threading.main_thread():
-        yield
+        yield lambda: None
         return
     read_fd, write_fd = os.pipe()
     os.set_blocking(write_fd, False)
+    finishing = threading.Event()
+    deferred = threading.Event()
 
     def on_sigterm(signum: int, frame: Any) -> None:
+        if finishing.is_set():
+            deferred.set()
+            return
         raise Stopped()
 
     previous_handler = signal.signal(signal.SIGTERM, on_sigterm)
@@ -79,7 +89,7 @@ def finish_on_stop(finish: FinishOnce) -> Iterator[None]:
     watcher = threading.Thread(target=watch, name="flyte-wandb-elastic-stop", daemon=True)
     watcher.start()
     try:
-        yield
+        yield finishing.set
     finally:
         leaving.set()
         signal.set_wakeup_fd(previous_fd)
@@ -87,3 +97,5 @@ def finish_on_stop(finish: FinishOnce) -> Iterator[None]:
         os.close(write_fd)  # wakes the watcher with end-of-file
         watcher.join(timeout=1.0)
         os.close(read_fd)
+        if deferred.is_set():
+            os.kill(os.getpid(), signal.SIGTERM)

@@ -22,16 +22,21 @@ _PUBLIC_HOST = "https://wandb.ai"
 DEFAULT_FLUSH_INTERVAL_S = 1.0
 
 
-def open_run(plan: RankPlan, options: WandbOptions, flyte_meta: dict[str, Any] | None) -> Any:
+def open_run(plan: RankPlan, options: WandbOptions, flyte_meta: dict[str, Any] | None, resuming: bool = False) -> Any:
     """Call `wandb.init` for this rank as `plan` says.
 
     When init fails online and `options.on_init_failure` is not `"raise"`, the rank logs offline
     instead, and a warning names the command that uploads the run later.
 
+    A resuming rank (a torch elastic restart or a Flyte retry) reopens its run: online with
+    `resume="allow"`, so W&B continues the run's steps; offline, from the step after the last one
+    that earlier attempts wrote under the same W&B directory, so steps never go back.
+
     Args:
         plan: This rank's plan; `plan.opens_run` must be true.
         options: Resolved options (run context applied).
         flyte_meta: Recorded under the `flyte` key of the run config (`None` outside Flyte).
+        resuming: Whether earlier attempts of this task may have written this run.
 
     Returns:
         The `wandb.Run`.
@@ -68,6 +73,14 @@ def open_run(plan: RankPlan, options: WandbOptions, flyte_meta: dict[str, Any] |
     if isinstance(user_settings, wandb.Settings):
         user_settings = user_settings.model_dump(exclude_unset=True)
     settings = {**(user_settings or {}), **settings}
+    run_dirs = Path(kwargs.get("dir") or os.environ.get("WANDB_DIR") or os.getcwd(), "wandb")
+    if resuming and plan.run_id and not {"resume", "resume_from", "fork_from"} & kwargs.keys():
+        if kwargs.get("mode") == "offline":
+            last = _last_step(run_dirs, plan.run_id, plan.label)
+            if last is not None:
+                kwargs["resume_from"] = f"{plan.run_id}?_step={last}"
+        else:
+            kwargs["resume"] = "allow"
     config = {**(options.config or {}), **({"flyte": flyte_meta} if flyte_meta is not None else {})}
     init_kwargs = {
         "project": options.project,
@@ -81,7 +94,6 @@ def open_run(plan: RankPlan, options: WandbOptions, flyte_meta: dict[str, Any] |
         "config": config,
         **kwargs,
     }
-    run_dirs = Path(kwargs.get("dir") or os.environ.get("WANDB_DIR") or os.getcwd(), "wandb")
     before = set(run_dirs.iterdir()) if run_dirs.is_dir() else set()
     try:
         return wandb.init(settings=wandb.Settings(**settings), **init_kwargs)
@@ -107,6 +119,20 @@ def open_run(plan: RankPlan, options: WandbOptions, flyte_meta: dict[str, Any] |
         run.settings.sync_dir,
     )
     return run
+
+
+def _last_step(run_dirs: Path, run_id: str, label: str | None) -> int | None:
+    """The last `_step` that earlier offline attempts of this writer logged, or `None`."""
+    from ._runfiles import read_run_file
+
+    suffix = f"-{run_id}-{label}" if label else f"-{run_id}"
+    steps = [
+        row["_step"]
+        for path in run_dirs.glob(f"offline-run-*{suffix}*/run-{run_id}.wandb")
+        if path.parent.name.endswith(suffix) or path.parent.name.rpartition("-")[0].endswith(suffix)
+        for row in read_run_file(path).rows[-1:]
+    ]
+    return max(steps, default=None)
 
 
 def finish_run(run: Any, exit_code: int, error: str | None = None) -> None:
