@@ -149,13 +149,6 @@ def test_download_logs_on_distributed_task_warns() -> None:
         wandb_init(download_logs=False)(env.task(train))
 
 
-def test_invalid_decorator_arguments_fail_when_declared() -> None:
-    with pytest.raises(ValueError, match="run_mode='always'"):
-        wandb_init(run_mode="always")  # type: ignore[call-overload]
-    with pytest.raises(ValueError, match="download_logs='yes'"):
-        wandb_init(download_logs="yes")  # type: ignore[call-overload]
-
-
 @pytest.mark.launch
 def test_child_task_reuses_parent_run_in_auto_mode(tmp_path: Path) -> None:
     result = launch(tmp_path, {}, task="tests.plain_tasks:parent", mode="local")

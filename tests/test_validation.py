@@ -3,57 +3,81 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Any
 
 import flyte
 import pytest
 
-from flyte_wandb_elastic import WandbElastic, wandb_config
+from flyte_wandb_elastic import WandbElastic, wandb_config, wandb_init
 
 BASE: dict[str, Any] = {"nnodes": 1, "nproc_per_node": 2}
 
-CASES = [
-    ({"run_mode": "sometimes"}, "run_mode='sometimes'", "'auto' or 'shared' or 'new'"),
-    ({"rank_scope": "node"}, "rank_scope='node'", "'global' or 'worker'"),
-    ({"mode": "dryrun"}, "mode='dryrun'", "'online' or 'offline' or 'disabled'"),
-    ({"nproc_per_node": 0}, "nproc_per_node=0", "an int >= 1"),
-    ({"nproc_per_node": "2"}, "nproc_per_node='2'", "an int >= 1"),
-    ({"nnodes": "4:2"}, "nnodes='4:2'", "MIN:MAX"),
-    ({"nnodes": "two"}, "nnodes='two'", "MIN:MAX"),
-    ({"nnodes": 0}, "nnodes=0", "a positive int"),
-    ({"nnodes": "1:2:3"}, "nnodes='1:2:3'", "MIN:MAX"),
-    ({"config": {"lr": object()}}, "config={'lr': <object", "JSON-serializable"),
-    ({"config": ["lr"]}, "config=['lr']", "a dict"),
-    ({"tags": "a,b"}, "tags='a,b'", "a list of strings"),
-    ({"project": ""}, "project=''", "a non-empty string"),
-    ({"id": "a/b"}, "id='a/b'", "without any of"),
-    ({"host": "wandb.ai"}, "host='wandb.ai'", "http:// or https://"),
-    ({"init_kwargs": {"project": "p"}}, "init_kwargs={'project': 'p'}", "move project to the field"),
-    ({"max_restarts": -1}, "max_restarts=-1", "an int >= 0"),
-    ({"monitor_interval": 0}, "monitor_interval=0", "> 0"),
-    ({"rdzv_backend": "tcp"}, "rdzv_backend='tcp'", "'c10d'"),
+
+def elastic(**fields: Any) -> Any:
+    return WandbElastic(**{**BASE, **fields})
+
+
+# (entry point, arguments, "field=value" the message must name, what it must say is allowed)
+CASES: list[tuple[Callable[..., Any], dict[str, Any], str, str]] = [
+    (elastic, {"run_mode": "sometimes"}, "run_mode='sometimes'", "'auto' or 'shared' or 'new'"),
+    (elastic, {"rank_scope": "node"}, "rank_scope='node'", "'global' or 'worker'"),
+    (elastic, {"mode": "dryrun"}, "mode='dryrun'", "'online' or 'offline' or 'disabled'"),
+    (elastic, {"nproc_per_node": 0}, "nproc_per_node=0", "an int >= 1"),
+    (elastic, {"nproc_per_node": "2"}, "nproc_per_node='2'", "an int >= 1"),
+    (elastic, {"nnodes": "4:2"}, "nnodes='4:2'", "MIN:MAX"),
+    (elastic, {"nnodes": "two"}, "nnodes='two'", "MIN:MAX"),
+    (elastic, {"nnodes": 0}, "nnodes=0", "a positive int"),
+    (elastic, {"nnodes": "1:2:3"}, "nnodes='1:2:3'", "MIN:MAX"),
+    (elastic, {"nnodes": 1.5}, "nnodes=1.5", "a positive int"),
+    (elastic, {"config": {"lr": object()}}, "config={'lr': <object", "JSON-serializable"),
+    (elastic, {"config": ["lr"]}, "config=['lr']", "a dict"),
+    (elastic, {"tags": "a,b"}, "tags='a,b'", "a list of strings"),
+    (elastic, {"tags": ["a", 1]}, "tags=['a', 1]", "a list of strings"),
+    (elastic, {"project": ""}, "project=''", "a non-empty string"),
+    (elastic, {"entity": 42}, "entity=42", "a non-empty string"),
+    (elastic, {"name": " "}, "name=' '", "a non-empty string"),
+    (elastic, {"group": ["g"]}, "group=['g']", "a non-empty string"),
+    (elastic, {"notes": ""}, "notes=''", "a non-empty string"),
+    (elastic, {"job_type": 3}, "job_type=3", "a non-empty string"),
+    (elastic, {"id": "a/b"}, "id='a/b'", "without any of"),
+    (elastic, {"host": "wandb.ai"}, "host='wandb.ai'", "http:// or https://"),
+    (elastic, {"init_kwargs": {"project": "p"}}, "init_kwargs={'project': 'p'}", "move project to the field"),
+    (elastic, {"init_kwargs": ["resume"]}, "init_kwargs=['resume']", "a dict of wandb.init keyword arguments"),
+    (elastic, {"flush_interval": 0}, "flush_interval=0", "between 0 and 3600"),
+    (elastic, {"init_timeout": "5"}, "init_timeout='5'", "a number of seconds"),
+    (elastic, {"on_init_failure": "ignore"}, "on_init_failure='ignore'", "'offline' or 'raise'"),
+    (elastic, {"api_key_secret": ""}, "api_key_secret=''", "the name of a Flyte secret"),
+    (elastic, {"api_key_secret_group": "g"}, "api_key_secret_group='g'", "None unless api_key_secret is set"),
+    (elastic, {"max_restarts": -1}, "max_restarts=-1", "an int >= 0"),
+    (elastic, {"monitor_interval": 0}, "monitor_interval=0", "> 0"),
+    (elastic, {"rdzv_backend": "tcp"}, "rdzv_backend='tcp'", "'c10d'"),
+    (elastic, {"rdzv_configs": "timeout=60"}, "rdzv_configs='timeout=60'", "a dict"),
+    (wandb_init, {"run_mode": "always"}, "run_mode='always'", "'auto' or 'shared' or 'new'"),
+    (wandb_init, {"rank_scope": "rack"}, "rank_scope='rack'", "'global' or 'worker'"),
+    (wandb_init, {"download_logs": "yes"}, "download_logs='yes'", "True, False or None"),
+    (wandb_init, {"config": {"f": {1, 2}}}, "config={'f': {1, 2}}", "JSON-serializable"),
+    (wandb_init, {"mode": "on"}, "mode='on'", "'online' or 'offline' or 'disabled'"),
+    (wandb_config, {"run_mode": "both"}, "run_mode='both'", "'auto' or 'shared' or 'new'"),
+    (wandb_config, {"rank_scope": "all"}, "rank_scope='all'", "'global' or 'worker'"),
+    (wandb_config, {"config": {"f": {1, 2}}}, "config={'f': {1, 2}}", "JSON-serializable"),
+    (wandb_config, {"download_logs": "yes"}, "download_logs='yes'", "True or False"),
+    (wandb_config, {"host": "ftp://x"}, "host='ftp://x'", "http:// or https://"),
 ]
 
 
-@pytest.mark.parametrize(("fields", "names", "allowed"), CASES)
-def test_wandb_elastic_rejects(fields: dict[str, Any], names: str, allowed: str) -> None:
-    with pytest.raises(ValueError, match=re.escape(names)) as info:
-        WandbElastic(**{**BASE, **fields})
-    assert allowed in str(info.value)
-
-
 @pytest.mark.parametrize(
-    ("fields", "names"),
-    [
-        ({"run_mode": "both"}, "run_mode='both'"),
-        ({"rank_scope": "all"}, "rank_scope='all'"),
-        ({"config": {"f": {1, 2}}}, "config="),
-        ({"download_logs": "yes"}, "download_logs='yes'"),
-    ],
+    ("entry", "arguments", "names", "allowed"),
+    CASES,
+    ids=[f"{entry.__name__}-{next(iter(arguments))}-{i}" for i, (entry, arguments, _, _) in enumerate(CASES)],
 )
-def test_wandb_config_rejects(fields: dict[str, Any], names: str) -> None:
-    with pytest.raises(ValueError, match=re.escape(names)):
-        wandb_config(**fields)
+def test_invalid_input_is_rejected_when_declared(
+    entry: Callable[..., Any], arguments: dict[str, Any], names: str, allowed: str
+) -> None:
+    with pytest.raises(ValueError, match=re.escape(names)) as info:
+        entry(**arguments)
+    assert allowed in str(info.value)
+    assert "is not valid: expected" in str(info.value)
 
 
 def test_async_task_is_rejected_when_declared() -> None:
