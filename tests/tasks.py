@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -84,7 +85,13 @@ def _record_facts(rank: int, run: Any, info: dict[str, Any] | None) -> None:
     facts_dir = os.environ.get("TEST_FACTS_DIR")
     if not facts_dir:
         return
-    facts = {"rank": rank, "pid": os.getpid(), "run_id": run.id if run is not None else None, "info": info}
+    facts = {
+        "rank": rank,
+        "pid": os.getpid(),
+        "run_id": run.id if run is not None else None,
+        "info": info,
+        "wandb_imported": "wandb" in sys.modules,
+    }
     Path(facts_dir, f"rank-{rank}.json").write_text(json.dumps(facts))
 
 

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import inspect
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import flyte
@@ -14,6 +15,8 @@ from flyteplugins.pytorch.task import TorchFunctionTask
 from ._config import WandbElastic
 from ._hooks import RankHooks
 from ._links import Wandb, links_for
+from ._planner import plan_rank
+from ._topology import Topology
 
 API_KEY_ENV = "WANDB_API_KEY"
 
@@ -46,11 +49,38 @@ class WandbElasticTask(TorchFunctionTask):
             self.secrets = _with_api_key(requested, config.api_key_secret, config.api_key_secret_group)
 
     async def execute(self, *args: Any, **kwargs: Any) -> Any:
-        # Runs in the launching process: hand torch elastic the function with the hooks around it.
+        # Runs in the launching process (one per node): hand torch elastic the function with the
+        # hooks around it, and share one W&B service among this node's ranks when several log.
         hooked = copy.copy(self)
         config = self.plugin_config
         hooked.func = RankHooks(self.func, config.wandb_options(), self.max_nodes, config.nproc_per_node)
-        return await TorchFunctionTask.execute(hooked, *args, **kwargs)
+        service: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
+        if self._shares_a_service():
+            from . import _wandb_run
+
+            service = _wandb_run.node_service()
+        with service:
+            return await TorchFunctionTask.execute(hooked, *args, **kwargs)
+
+    def _shares_a_service(self) -> bool:
+        """Whether this node's ranks should share one W&B service, by the planner.
+
+        Worth it when several ranks of a node open runs. Only runs with distinct ids can share
+        one: a W&B service holds one stream per run id, so the writers of a shared-mode run each
+        keep their own service. Never in a local run (one process).
+        """
+        ctx = flyte.ctx()
+        if not ctx or ctx.mode == "local":
+            return False
+        options = self.plugin_config.resolved(ctx.custom_context)
+        nproc = self.plugin_config.nproc_per_node
+        topology = Topology(world_size=self.max_nodes * nproc, local_world_size=nproc, num_nodes=self.max_nodes)
+        plans = [
+            plan_rank(options, replace(topology, rank=local, local_rank=local), "run", "action", self.max_nodes)
+            for local in range(nproc)
+        ]
+        ids = [plan.run_id for plan in plans if plan.opens_run]
+        return len(ids) > 1 and len(set(ids)) == len(ids)
 
 
 def _with_api_key(secrets: Any, key: str, group: str | None) -> list[Any]:

@@ -8,10 +8,13 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import wandb
+from wandb import env as wandb_env
 
 from ._options import WandbOptions
 from ._planner import RankPlan
@@ -101,8 +104,10 @@ def open_run(plan: RankPlan, options: WandbOptions, flyte_meta: dict[str, Any] |
         if options.on_init_failure == "raise" or kwargs.get("mode") in ("offline", "disabled"):
             raise
         failure = exc
-    # The failed attempt still holds the run id in this process's W&B service, and left a local
-    # directory that holds nothing and was never uploaded: start afresh, without it.
+    # The failed attempt still holds the run id in the W&B service (the node's shared one, or this
+    # process's), and left a local directory that holds nothing and was never uploaded: start a
+    # service of this rank's own, without that directory.
+    os.environ.pop(wandb_env.SERVICE, None)
     wandb.teardown()
     if plan.run_id and run_dirs.is_dir():
         for path in set(run_dirs.iterdir()) - before:
@@ -119,6 +124,36 @@ def open_run(plan: RankPlan, options: WandbOptions, flyte_meta: dict[str, Any] |
         run.settings.sync_dir,
     )
     return run
+
+
+@contextmanager
+def node_service() -> Iterator[bool]:
+    """One `wandb-core` for all the ranks of this node, while the block runs.
+
+    Process: the launching process of a node, around the torch elastic launch. `wandb.setup()`
+    starts the service and exports its address as `WANDB_SERVICE`, which the workers inherit and
+    connect to instead of starting one each; the service ends with the block (or with this
+    process). If it cannot start, each rank starts its own as usual.
+
+    Yields:
+        Whether this block started a shared service.
+    """
+    if os.environ.get(wandb_env.SERVICE):  # the user already shares one
+        yield False
+        return
+    try:
+        wandb.setup().ensure_service()
+    except Exception as exc:
+        logger.warning("could not start a shared wandb-core (%s); each rank starts its own", exc)
+        yield False
+        return
+    exit_code = 1  # runs a killed rank left open must not end as successful
+    try:
+        yield bool(os.environ.get(wandb_env.SERVICE))
+        exit_code = 0
+    finally:
+        wandb.teardown(exit_code)  # waits for the service to write what the ranks logged
+        os.environ.pop(wandb_env.SERVICE, None)
 
 
 def _last_step(run_dirs: Path, run_id: str, label: str | None) -> int | None:
