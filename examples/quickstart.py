@@ -1,28 +1,19 @@
 """Quickstart: a small DDP job, 2 ranks on CPU, every rank logging to one shared W&B run.
 
 W&B runs offline unless WANDB_API_KEY is set, so no account is needed. The run files land in
-WANDB_DIR (default: ./wandb-quickstart) and a table of what each rank logged is printed.
+WANDB_DIR (default: ./wandb-examples) and a table of what each rank logged is printed.
 
     python examples/quickstart.py
 """
 
 from __future__ import annotations
 
-import os
-
 import flyte
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from flyte_wandb_elastic import (
-    WandbElastic,
-    format_table,
-    get_distributed_info,
-    get_wandb_run,
-    read_run_files,
-    run_ranks_locally,
-)
+from flyte_wandb_elastic import WandbElastic, get_distributed_info, get_wandb_run
 
 env = flyte.TaskEnvironment(
     name="quickstart",
@@ -60,18 +51,7 @@ def train(steps: int = 20) -> float:
     return loss.item()
 
 
-def main() -> None:
-    if not os.environ.get("WANDB_API_KEY"):
-        os.environ.setdefault("WANDB_MODE", "offline")
-    wandb_dir = os.path.abspath(os.environ.setdefault("WANDB_DIR", "wandb-quickstart"))
-    os.makedirs(wandb_dir, exist_ok=True)
-    os.environ.setdefault("WANDB_SILENT", "true")
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
-    loss = run_ranks_locally(train, steps=20)
-    print(f"final loss on rank 0: {loss:.4f}")
-    print(f"W&B run files under {wandb_dir}/wandb:")
-    print(format_table(read_run_files(wandb_dir)))
-
-
 if __name__ == "__main__":
-    main()
+    from _offline import run_and_report
+
+    run_and_report(train, steps=20)

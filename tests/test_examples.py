@@ -12,8 +12,26 @@ from tests.conftest import REPO, wandb_env
 
 pytestmark = pytest.mark.launch
 
+B = "{run}-a0"
+# example -> the (run id, label) rows of its table, with {run} for the local run name
+EXAMPLES = {
+    "quickstart.py": [(B, "rank-0"), (B, "rank-1")],
+    "single_primary_logger.py": [(B, "-")],
+    "shared_run.py": [(B, "rank-0"), (B, "rank-1")],
+    "run_per_rank.py": [(f"{B}-rank-0", "-"), (f"{B}-rank-1", "-")],
+    "run_per_node.py": [(f"{B}-worker-0", "-"), (f"{B}-worker-1", "-")],
+    "distributed_metadata.py": [(f"{B}-rank-0", "-"), (f"{B}-rank-1", "-")],
+    "wandb_init_decorator.py": [(f"{B}-rank-0", "-"), (f"{B}-rank-1", "-")],
+}
 
-def run_example(name: str, tmp_path: Path) -> str:
+
+def test_every_example_is_tested() -> None:
+    on_disk = {p.name for p in (REPO / "examples").glob("*.py") if not p.name.startswith("_")}
+    assert on_disk == set(EXAMPLES)
+
+
+@pytest.mark.parametrize("name", list(EXAMPLES))
+def test_example_prints_what_each_rank_logged(tmp_path: Path, name: str) -> None:
     env = wandb_env(tmp_path)
     del env["WANDB_MODE"]  # the examples choose offline themselves when there is no API key
     result = subprocess.run(
@@ -25,14 +43,12 @@ def run_example(name: str, tmp_path: Path) -> str:
         timeout=180,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    return result.stdout
-
-
-def test_quickstart_prints_one_row_per_rank(tmp_path: Path) -> None:
-    out = run_example("quickstart.py", tmp_path)
+    out = result.stdout
+    assert f"W&B run files under {tmp_path}/wandb (W&B mode: offline)" in out
     table = out[out.index("run id") :].splitlines()
     assert table[0].split()[:6] == ["run", "id", "group", "label", "primary", "steps"]
     rows = [line.split() for line in table[1:]]
-    assert [(r[2], r[3], r[4], r[5]) for r in rows] == [("rank-0", "yes", "20", "0"), ("rank-1", "no", "20", "0")]
-    assert len({r[0] for r in rows}) == 1  # one shared run
-    assert str(tmp_path) in out  # says where the runs are
+    run_name = rows[0][0].split("-a0")[0]
+    assert [(r[0], r[2]) for r in rows] == [(i.format(run=run_name), label) for i, label in EXAMPLES[name]]
+    assert all(r[5] == "0" for r in rows)  # every run finished successfully
+    assert all(int(r[4]) > 0 for r in rows)  # and logged
