@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from flyte_wandb_elastic import WandbOptions
-from flyte_wandb_elastic._planner import RankPlan, base_run_id, plan_rank
+from flyte_wandb_elastic._planner import RankPlan, base_run_id, plan_rank, system_metrics
 from flyte_wandb_elastic._topology import Topology
 
 NO = RankPlan(opens_run=False)
@@ -125,3 +125,24 @@ def test_topology_from_env() -> None:
     assert Topology.from_env(env) == Topology(3, 1, 4, 2, 1, 2, 2)
     assert Topology.from_env({}) == Topology()
     assert Topology.from_env({}).as_info() is None
+
+
+@pytest.mark.parametrize(
+    ("run_mode", "rank", "gpus", "expected"),
+    [
+        ("auto", 0, True, {}),  # the node's only writer reports all its devices
+        ("shared", 0, True, {"x_stats_gpu_device_ids": [0]}),
+        ("shared", 1, True, {"x_stats_gpu_device_ids": [1], "x_stats_disk_paths": []}),
+        ("new", 3, True, {"x_stats_gpu_device_ids": [1], "x_stats_disk_paths": []}),
+        ("new", 2, False, {}),
+        ("new", 1, False, {"x_stats_disk_paths": []}),
+    ],
+)
+def test_ranks_of_one_node_do_not_report_the_same_metrics(run_mode: str, rank: int, gpus: bool, expected: dict) -> None:
+    topology = topo(rank, 2)
+    assert system_metrics(plan(run_mode, "global", topology, 2), topology, run_mode, gpus) == expected
+
+
+def test_no_metrics_settings_without_a_run_or_outside_a_job() -> None:
+    assert system_metrics(NO, topo(1, 2), "auto", True) == {}
+    assert system_metrics(run(B), Topology(), "new", True) == {}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import os
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -18,7 +19,7 @@ from typing import Any
 import flyte
 
 from ._options import PARENT_RUN_KEY, WandbOptions
-from ._planner import plan_rank
+from ._planner import plan_rank, system_metrics
 from ._shutdown import STOP_EXIT_CODE, FinishOnce, Stopped, finish_on_stop
 from ._topology import Topology
 
@@ -123,7 +124,8 @@ class RankHooks:
                 "nproc_per_node": self.nproc_per_node,
             }
         resuming = topology.restart_count > 0 or attempt > 0
-        return _wandb_run.open_run(plan, options, meta, resuming), True
+        stats = system_metrics(plan, topology, options.run_mode, _gpus_visible())
+        return _wandb_run.open_run(plan, options, meta, resuming, stats), True
 
     def post_execute(self, finish: FinishOnce, error: BaseException | None) -> None:
         """Finish the run: exit code 0, 1 when the function raised, 143 when the rank was stopped.
@@ -155,6 +157,12 @@ class RankHooks:
                     ctx.custom_context.pop(PARENT_RUN_KEY, None)
                 else:
                     ctx.custom_context[PARENT_RUN_KEY] = saved_parent
+
+
+def _gpus_visible() -> bool:
+    """Whether this process sees a GPU (asked only when torch is already imported)."""
+    torch = sys.modules.get("torch")
+    return bool(torch is not None and torch.cuda.is_available())
 
 
 def _record_for_torch_elastic(error: BaseException) -> None:

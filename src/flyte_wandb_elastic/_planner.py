@@ -7,6 +7,7 @@ console links call it with the topology of each node's first rank, so links and 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from ._options import WandbOptions
 from ._topology import Topology
@@ -105,3 +106,24 @@ def plan_rank(
 
     rank_suffix = f"-rank-{topology.local_rank}" if per_node else f"-rank-{topology.rank}"
     return RankPlan(opens_run=True, run_id=scope_id + rank_suffix, group=group or scope_id, primary=True)
+
+
+def system_metrics(plan: RankPlan, topology: Topology, run_mode: str | None, gpus_visible: bool) -> dict[str, Any]:
+    """W&B system-metric settings that keep the ranks of one node from reporting the same things.
+
+    Where several ranks of a node write runs (`shared` and `new` modes), each reports only its own
+    GPU (the one its local rank drives) and only local rank 0 reports the node's disks. A single
+    writer per node (`auto`) keeps W&B's defaults: all of the node's devices.
+
+    Returns:
+        `wandb.Settings` fields to apply (empty when W&B's defaults fit).
+    """
+    several_writers = run_mode in ("shared", "new") and topology.distributed and topology.local_world_size > 1
+    if not plan.opens_run or not several_writers:
+        return {}
+    settings: dict[str, Any] = {}
+    if gpus_visible:
+        settings["x_stats_gpu_device_ids"] = [topology.local_rank]
+    if topology.local_rank != 0:
+        settings["x_stats_disk_paths"] = []
+    return settings

@@ -25,7 +25,13 @@ _PUBLIC_HOST = "https://wandb.ai"
 DEFAULT_FLUSH_INTERVAL_S = 1.0
 
 
-def open_run(plan: RankPlan, options: WandbOptions, flyte_meta: dict[str, Any] | None, resuming: bool = False) -> Any:
+def open_run(
+    plan: RankPlan,
+    options: WandbOptions,
+    flyte_meta: dict[str, Any] | None,
+    resuming: bool = False,
+    stats: dict[str, Any] | None = None,
+) -> Any:
     """Call `wandb.init` for this rank as `plan` says.
 
     When init fails online and `options.on_init_failure` is not `"raise"`, the rank logs offline
@@ -40,6 +46,7 @@ def open_run(plan: RankPlan, options: WandbOptions, flyte_meta: dict[str, Any] |
         options: Resolved options (run context applied).
         flyte_meta: Recorded under the `flyte` key of the run config (`None` outside Flyte).
         resuming: Whether earlier attempts of this task may have written this run.
+        stats: System-metric settings for this rank (see `system_metrics`); the user's win.
 
     Returns:
         The `wandb.Run`.
@@ -50,6 +57,7 @@ def open_run(plan: RankPlan, options: WandbOptions, flyte_meta: dict[str, Any] |
     settings: dict[str, Any] = {
         # W&B flushes the transaction log every 15 s by default: a killed rank would lose its rows.
         "x_transaction_log_flush_interval": options.flush_interval or DEFAULT_FLUSH_INTERVAL_S,
+        **(stats or {}),
     }
     if options.init_timeout is not None:
         settings["init_timeout"] = options.init_timeout
