@@ -38,6 +38,10 @@ def test_raising_rank_records_its_error_and_fails_the_task(tmp_path: Path, run_m
     assert failed.exit_code == 1
     assert failed.summary["flyte_error"] == "ValueError: rank 1 failed on purpose"
     assert len(failed.rows) == 3
+    # rank 0 returned first, but the job failed: its run must not end as successful either
+    [returned] = [run for run in result.runs if run.config["flyte"]["rank"] == 0]
+    assert returned.exit_code == 143
+    assert len(returned.rows) == 3
 
 
 @pytest.mark.parametrize("run_mode", ["new", "shared"])

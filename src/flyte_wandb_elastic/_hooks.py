@@ -18,6 +18,7 @@ from typing import Any
 
 import flyte
 
+from ._job_end import report_return
 from ._options import PARENT_RUN_KEY, WandbOptions
 from ._planner import plan_rank, system_metrics
 from ._shutdown import STOP_EXIT_CODE, FinishOnce, Stopped, finish_on_stop
@@ -65,7 +66,8 @@ class RankHooks:
     def session(self) -> Iterator[Any]:
         """Pre-execute hook on entry, post-execute hook on exit (with the exception, if any)."""
         ctx = flyte.ctx() or None  # outside a task, flyte.ctx() is a falsy stand-in
-        run, owned = self.pre_execute(ctx)
+        topology = Topology.from_env(os.environ)
+        run, owned = self.pre_execute(ctx, topology)
         if not owned:  # no run, or the parent's: nothing to finish here
             try:
                 with self._published(ctx, run):
@@ -73,6 +75,7 @@ class RankHooks:
             except BaseException as exc:
                 _record_for_torch_elastic(exc)
                 raise
+            report_return(topology, wait=False)
             return
         from . import _wandb_run
 
@@ -81,6 +84,7 @@ class RankHooks:
         with self._published(ctx, run), finish_on_stop(finish) as finishing:
             try:
                 yield run
+                report_return(topology, wait=True)  # success only once every rank has returned
             except BaseException as exc:
                 error = exc
                 raise
@@ -88,13 +92,12 @@ class RankHooks:
                 finishing()
                 self.post_execute(finish, error)
 
-    def pre_execute(self, ctx: Any) -> tuple[Any, bool]:
+    def pre_execute(self, ctx: Any, topology: Topology) -> tuple[Any, bool]:
         """Open this rank's run if the plan says so.
 
         Returns:
             The run (or `None`) and whether this hook owns it (and so finishes it).
         """
-        topology = Topology.from_env(os.environ)
         context = ctx.custom_context if ctx else {}
         options = self.options.resolved(context)
         action = ctx.action if ctx else None
