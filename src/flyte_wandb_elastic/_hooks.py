@@ -19,6 +19,7 @@ from typing import Any
 import flyte
 
 from ._job_end import report_return
+from ._node_service import join_node_service
 from ._options import PARENT_RUN_KEY, WandbOptions
 from ._planner import plan_rank, system_metrics
 from ._shutdown import STOP_EXIT_CODE, FinishOnce, Stopped, finish_on_stop
@@ -108,6 +109,7 @@ class RankHooks:
         live = _current_run.get()
         if live is not None and live.id == plan.run_id:
             return live, False  # the parent's run, open in this same process (a local run)
+        join_node_service()  # before wandb starts a service of its own
         from . import _wandb_run  # imported only by ranks that log
 
         attempt = int(os.environ.get("FLYTE_ATTEMPT_NUMBER", "0"))

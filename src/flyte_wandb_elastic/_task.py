@@ -15,6 +15,7 @@ from flyteplugins.pytorch.task import TorchFunctionTask
 from ._config import WandbElastic
 from ._hooks import RankHooks
 from ._links import Wandb, links_for
+from ._node_service import node_service
 from ._planner import plan_rank
 from ._topology import Topology
 
@@ -54,11 +55,7 @@ class WandbElasticTask(TorchFunctionTask):
         hooked = copy.copy(self)
         config = self.plugin_config
         hooked.func = RankHooks(self.func, config.wandb_options(), self.max_nodes, config.nproc_per_node)
-        service: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
-        if self._shares_a_service():
-            from . import _wandb_run
-
-            service = _wandb_run.node_service()
+        service = node_service() if self._shares_a_service() else contextlib.nullcontext()
         with service:
             return await TorchFunctionTask.execute(hooked, *args, **kwargs)
 

@@ -8,8 +8,6 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -134,34 +132,28 @@ def open_run(
     return run
 
 
-@contextmanager
-def node_service() -> Iterator[bool]:
-    """One `wandb-core` for all the ranks of this node, while the block runs.
+def start_node_service() -> bool:
+    """Start one `wandb-core` for the ranks of this node; return whether it started.
 
-    Process: the launching process of a node, around the torch elastic launch. `wandb.setup()`
-    starts the service and exports its address as `WANDB_SERVICE`, which the workers inherit and
-    connect to instead of starting one each; the service ends with the block (or with this
-    process). If it cannot start, each rank starts its own as usual.
-
-    Yields:
-        Whether this block started a shared service.
+    Process: the launching process of a node. `wandb.setup()` starts the service and exports its
+    address as `WANDB_SERVICE`, which workers spawned afterwards inherit: they connect to it
+    instead of starting one each. The service ends with `stop_node_service` (or this process).
     """
-    if os.environ.get(wandb_env.SERVICE):  # the user already shares one
-        yield False
-        return
     try:
         wandb.setup().ensure_service()
     except Exception as exc:
         logger.warning("could not start a shared wandb-core (%s); each rank starts its own", exc)
-        yield False
-        return
-    exit_code = 1  # runs a killed rank left open must not end as successful
-    try:
-        yield bool(os.environ.get(wandb_env.SERVICE))
-        exit_code = 0
-    finally:
-        wandb.teardown(exit_code)  # waits for the service to write what the ranks logged
-        os.environ.pop(wandb_env.SERVICE, None)
+        return False
+    return bool(os.environ.get(wandb_env.SERVICE))
+
+
+def stop_node_service(exit_code: int) -> None:
+    """Stop the node's service once it has written what the ranks logged.
+
+    Runs a killed rank left open are finished with `exit_code` (non-zero for a failed job).
+    """
+    wandb.teardown(exit_code)
+    os.environ.pop(wandb_env.SERVICE, None)
 
 
 def _last_step(run_dirs: Path, run_id: str, label: str | None) -> int | None:

@@ -1,0 +1,76 @@
+"""One W&B service (`wandb-core`) per node, shared by the node's ranks that open runs.
+
+Launching process: `node_service()` starts the service in a background thread, so the launch
+never waits for it (importing wandb and starting the service take about half a second, while
+rendezvous and the workers' own imports take seconds), and writes the service's address to a
+file whose path the workers inherit. Worker process: `join_node_service()`, called only by ranks
+about to open a run, waits for that file and points `WANDB_SERVICE` at the service. If the
+service cannot start, the file is empty and each rank starts its own, as without this module.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+SERVICE_ENV = "WANDB_SERVICE"
+ADDRESS_FILE_ENV = "FLYTE_WANDB_ELASTIC_SERVICE_FILE"
+# How long a rank waits for the node's service before starting its own.
+JOIN_TIMEOUT_S = 30.0
+
+
+@contextmanager
+def node_service() -> Iterator[None]:
+    """Run the block with a W&B service for this node's ranks (launching process)."""
+    if os.environ.get(SERVICE_ENV):  # the user already shares one
+        yield
+        return
+    folder = Path(tempfile.mkdtemp(prefix="flyte-wandb-elastic-"))
+    address_file = folder / "address"
+    started: list[bool] = []
+
+    def start() -> None:
+        from . import _wandb_run  # imports wandb: off the launch's critical path
+
+        started.append(_wandb_run.start_node_service())
+        partial = folder / "address.partial"
+        partial.write_text(os.environ.get(SERVICE_ENV, "") if started[0] else "")
+        partial.rename(address_file)  # atomic: a rank never reads half an address
+
+    starter = threading.Thread(target=start, name="flyte-wandb-elastic-service", daemon=True)
+    os.environ[ADDRESS_FILE_ENV] = str(address_file)
+    starter.start()
+    exit_code = 1  # runs a killed rank left open must not end as successful
+    try:
+        yield
+        exit_code = 0
+    finally:
+        os.environ.pop(ADDRESS_FILE_ENV, None)
+        starter.join()
+        if started and started[0]:
+            from . import _wandb_run
+
+            _wandb_run.stop_node_service(exit_code)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def join_node_service() -> None:
+    """Point this rank at its node's W&B service, once it is up (worker process)."""
+    address_file = os.environ.get(ADDRESS_FILE_ENV)
+    if not address_file or os.environ.get(SERVICE_ENV):
+        return
+    path = Path(address_file)
+    deadline = time.monotonic() + JOIN_TIMEOUT_S
+    while not path.exists():
+        if time.monotonic() > deadline:
+            return
+        time.sleep(0.02)
+    address = path.read_text().strip()
+    if address:
+        os.environ[SERVICE_ENV] = address
