@@ -64,8 +64,9 @@ def train(
     return total.item()
 
 
-def flaky(steps: int = 3, fail_rank: int = 1) -> int:
-    """Log `steps` rows; `fail_rank` then fails on the first attempt (no process group is formed).
+def flaky(steps: int = 3, fail_rank: int = 1, fail_after_s: float = 2.0) -> int:
+    """Log `steps` rows; `fail_rank` then fails on the first attempt (no process group is formed),
+    `fail_after_s` later, so that the other ranks have logged their rows by then.
 
     Returns the torch elastic restart count it finished in.
     """
@@ -77,6 +78,7 @@ def flaky(steps: int = 3, fail_rank: int = 1) -> int:
         if run is not None:
             run.log({"row": step, "restart": restart, "rank": rank})
     if rank == fail_rank and restart == 0:
+        time.sleep(fail_after_s)
         raise ValueError(f"rank {rank} fails on the first attempt")
     return restart
 
