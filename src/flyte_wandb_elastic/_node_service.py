@@ -36,12 +36,14 @@ def node_service() -> Iterator[None]:
     started: list[bool] = []
 
     def start() -> None:
-        from . import _wandb_run  # imports wandb: off the launch's critical path
+        try:
+            from . import _wandb_run  # imports wandb: off the launch's critical path
 
-        started.append(_wandb_run.start_node_service())
-        partial = folder / "address.partial"
-        partial.write_text(os.environ.get(SERVICE_ENV, "") if started[0] else "")
-        partial.rename(address_file)  # atomic: a rank never reads half an address
+            started.append(_wandb_run.start_node_service())
+        finally:  # always answer the ranks: an empty address means "start your own"
+            partial = folder / "address.partial"
+            partial.write_text(os.environ.get(SERVICE_ENV, "") if started and started[0] else "")
+            partial.rename(address_file)  # atomic: a rank never reads half an address
 
     starter = threading.Thread(target=start, name="flyte-wandb-elastic-service", daemon=True)
     os.environ[ADDRESS_FILE_ENV] = str(address_file)
