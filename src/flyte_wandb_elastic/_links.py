@@ -72,13 +72,7 @@ class Wandb:
         # The first rank of the linked node: the primary of its scope in every mode. Without
         # worker scope (e.g. the run context changed it) there is one scope, led by node 0.
         node = self.node if options.rank_scope == "worker" else 0
-        topology = Topology(
-            rank=node * self.nproc_per_node,
-            world_size=self.max_nodes * self.nproc_per_node,
-            local_world_size=self.nproc_per_node,
-            node_rank=node,
-            num_nodes=self.max_nodes,
-        )
+        topology = Topology.in_job(node * self.nproc_per_node, self.max_nodes, self.nproc_per_node)
         plan = plan_rank(options, topology, run_name, action_name, self.max_nodes, context.get(PARENT_RUN_KEY))
         page = f"{host}/{_part(options.entity)}/{_part(options.project)}"
         if options.run_mode == "new" and plan.group:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import inspect
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import flyte
@@ -71,9 +71,8 @@ class WandbElasticTask(TorchFunctionTask):
             return False
         options = self.plugin_config.resolved(ctx.custom_context)
         nproc = self.plugin_config.nproc_per_node
-        topology = Topology(world_size=self.max_nodes * nproc, local_world_size=nproc, num_nodes=self.max_nodes)
         plans = [
-            plan_rank(options, replace(topology, rank=local, local_rank=local), "run", "action", self.max_nodes)
+            plan_rank(options, Topology.in_job(local, self.max_nodes, nproc), "run", "action", self.max_nodes)
             for local in range(nproc)
         ]
         ids = [plan.run_id for plan in plans if plan.opens_run]

@@ -47,6 +47,18 @@ class Topology:
             restart_count=int(env.get("TORCHELASTIC_RESTART_COUNT", "0")),
         )
 
+    @classmethod
+    def in_job(cls, rank: int, nnodes: int, nproc_per_node: int) -> Topology:
+        """Where global rank `rank` sits in a job of `nnodes` nodes x `nproc_per_node` ranks."""
+        return cls(
+            rank=rank,
+            local_rank=rank % nproc_per_node,
+            world_size=nnodes * nproc_per_node,
+            local_world_size=nproc_per_node,
+            node_rank=rank // nproc_per_node,
+            num_nodes=nnodes,
+        )
+
     @property
     def distributed(self) -> bool:
         """Whether the job has more than one rank."""
