@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -103,7 +104,7 @@ def open_run(
         "config": config,
         **kwargs,
     }
-    before = set(run_dirs.iterdir()) if run_dirs.is_dir() else set()
+    started = time.time()
     try:
         return wandb.init(settings=wandb.Settings(**settings), **init_kwargs)
     except Exception as exc:
@@ -115,9 +116,9 @@ def open_run(
     # service of this rank's own, without that directory.
     os.environ.pop(wandb_env.SERVICE, None)
     wandb.teardown()
-    if plan.run_id and run_dirs.is_dir():
-        for path in set(run_dirs.iterdir()) - before:
-            if path.is_dir() and path.name.startswith("run-") and plan.run_id in path.name:
+    if plan.run_id:
+        for path in run_dirs.glob(f"run-*-{plan.run_id}*"):
+            if path.is_dir() and path.stat().st_mtime >= started - 1:
                 shutil.rmtree(path, ignore_errors=True)
     init_kwargs["mode"] = "offline"
     settings.pop("base_url", None)
