@@ -150,18 +150,18 @@ class RankHooks:
     def _published(ctx: Any, run: Any) -> Iterator[None]:
         """`run` is `get_wandb_run()`'s answer, and tasks called from here see its id as their parent's."""
         token = _current_run.set(run)
-        saved_parent = ctx.custom_context.get(PARENT_RUN_KEY) if ctx else None
-        if ctx and run is not None:
+        publish = ctx is not None and run is not None
+        saved_parent = ctx.custom_context.get(PARENT_RUN_KEY) if publish else None
+        if publish:
             ctx.custom_context[PARENT_RUN_KEY] = run.id
         try:
             yield
         finally:
             _current_run.reset(token)
-            if ctx is not None:
-                if saved_parent is None:
-                    ctx.custom_context.pop(PARENT_RUN_KEY, None)
-                else:
-                    ctx.custom_context[PARENT_RUN_KEY] = saved_parent
+            if publish and saved_parent is None:
+                ctx.custom_context.pop(PARENT_RUN_KEY, None)
+            elif publish:
+                ctx.custom_context[PARENT_RUN_KEY] = saved_parent
 
 
 def _gpus_visible() -> bool:
