@@ -490,7 +490,7 @@ def _source_state() -> str:
             ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True
         ).stdout.strip()
         changed = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no", "--", "src"],
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", "flyte_wandb_elastic"],
             cwd=REPO,
             capture_output=True,
             text=True,
@@ -498,7 +498,7 @@ def _source_state() -> str:
         ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
-    return f"git {commit}" + (" with uncommitted changes under src/" if changed else "")
+    return f"git {commit}" + (" with uncommitted changes under flyte_wandb_elastic/" if changed else "")
 
 
 def machine() -> dict[str, Any]:
