@@ -14,6 +14,8 @@ from typing import Any
 
 import wandb
 from wandb import env as wandb_env
+from wandb.sdk.lib import module as wandb_module
+from wandb.sdk.wandb_init import _set_global_run
 
 from ._options import WandbOptions
 from ._planner import RankPlan
@@ -106,7 +108,7 @@ def open_run(
     }
     started = time.time()
     try:
-        return wandb.init(settings=wandb.Settings(**settings), **init_kwargs)
+        return _made_global(wandb.init(settings=wandb.Settings(**settings), **init_kwargs))
     except Exception as exc:
         if options.on_init_failure == "raise" or kwargs.get("mode") in ("offline", "disabled"):
             raise
@@ -130,7 +132,31 @@ def open_run(
         run.settings.sync_dir,
         run.settings.sync_dir,
     )
+    return _made_global(run)
+
+
+# The run that was W&B's global run before each open run took its place, restored on finish.
+_previous_global: dict[int, Any] = {}
+
+
+def _made_global(run: Any) -> Any:
+    """Make `run` W&B's global run (`wandb.run`, `wandb.log`, `wandb.config`, ...), as a plain init does.
+
+    Runs are opened with `reinit="create_new"` so that a task called in the same process gets a
+    run of its own; that setting leaves the globals unset, which upstream-style code needs.
+    """
+    _previous_global[id(run)] = wandb.run
+    _set_global_run(run)
     return run
+
+
+def _restore_global(run: Any) -> None:
+    """Hand the globals back to the run that held them before `run`, if it is still open."""
+    previous = _previous_global.pop(id(run), None)
+    if wandb.run is run:
+        wandb_module.unset_globals()
+    if previous is not None and wandb.run is None and not previous._is_finished:
+        _set_global_run(previous)
 
 
 def start_node_service() -> bool:
@@ -175,4 +201,7 @@ def finish_run(run: Any, exit_code: int, error: str | None = None) -> None:
     """Finish `run` with `exit_code` (0 for success), recording `error` in its summary if given."""
     if error is not None:
         run.summary["flyte_error"] = error
-    run.finish(exit_code=exit_code)
+    try:
+        run.finish(exit_code=exit_code)
+    finally:
+        _restore_global(run)

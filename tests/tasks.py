@@ -29,12 +29,14 @@ def train(
     sleep_rank: int = -1,
     sleep_s: float = 0.0,
     extra_metrics: int = 0,
+    via_globals: bool = False,
 ) -> float:
     """A tiny DDP-style job: all-reduce a value each step and log it where this rank has a run.
 
     `fail_rank` raises after the loop, or at the start of step `fail_step` when given (its peers
     then block in that step's all-reduce). `sleep_rank` sleeps `sleep_s` at the start of step 1.
-    Each row holds `loss`, `reduced`, `rank` and `extra_metrics` more scalars.
+    Each row holds `loss`, `reduced`, `rank` and `extra_metrics` more scalars. With `via_globals`
+    the rows go through `wandb.log`, as upstream-style code writes them.
     """
     info = get_distributed_info()
     if info is not None:
@@ -55,7 +57,8 @@ def train(
             total += value
             if run is not None:
                 row = {"loss": 1.0 / (step + 1), "reduced": value.item(), "rank": rank}
-                run.log({**row, **{f"m{i}": step * i for i in range(extra_metrics)}})
+                row.update({f"m{i}": step * i for i in range(extra_metrics)})
+                (sys.modules["wandb"].log if via_globals else run.log)(row)
         if rank == fail_rank and fail_step < 0:
             raise ValueError(f"rank {rank} failed on purpose")
     finally:
@@ -91,6 +94,8 @@ def _record_facts(rank: int, run: Any, info: dict[str, Any] | None) -> None:
         "rank": rank,
         "pid": os.getpid(),
         "run_id": run.id if run is not None else None,
+        # W&B's global run, read without importing wandb where this rank has not
+        "global_run_id": getattr(getattr(sys.modules.get("wandb"), "run", None), "id", None),
         "info": info,
         "wandb_imported": "wandb" in sys.modules,
     }

@@ -30,14 +30,18 @@ SNIPPETS = {
 }
 
 
+# the snippets as written (`get_wandb_run()`), and the same patterns through W&B's globals
+SNIPPET_CASES = [("tests.snippets", name) for name in SNIPPETS] + [
+    ("tests.snippets_globals", name) for name in SNIPPETS if name != "custom_logic_task"
+]
+
+
 @pytest.mark.launch
 @pytest.mark.parametrize("nnodes", [1, 2])
-@pytest.mark.parametrize("name", list(SNIPPETS))
-def test_reference_snippets_on_real_launches(tmp_path: Path, name: str, nnodes: int) -> None:
+@pytest.mark.parametrize(("module", "name"), SNIPPET_CASES)
+def test_reference_snippets_on_real_launches(tmp_path: Path, module: str, name: str, nnodes: int) -> None:
     run_mode, rank_scope, project, metric = SNIPPETS[name]
-    result = launch(
-        tmp_path, {"nnodes": nnodes}, task=f"tests.snippets:{name}", extra_env={"SNIPPET_NNODES": str(nnodes)}
-    )
+    result = launch(tmp_path, {"nnodes": nnodes}, task=f"{module}:{name}", extra_env={"SNIPPET_NNODES": str(nnodes)})
     assert result.errors == [], result.logs
     expected = (TWO_NODES if nnodes == 2 else ONE_NODE_LAYOUT)[(run_mode, rank_scope)]
     assert result.layout() == expected
@@ -46,6 +50,9 @@ def test_reference_snippets_on_real_launches(tmp_path: Path, name: str, nnodes: 
         if project:
             assert run.project == project
         assert [sorted(k for k in row if not k.startswith("_")) for row in run.rows] == ([[metric]] if metric else [])
+    if module == "tests.snippets_globals" and name == "train_distributed":
+        [run] = result.runs
+        assert (run.config["lr"], run.summary["best_loss"]) == (0.1, 0.01)
     if metric is None:
         output = "".join(result.logs)
         for rank in range(2 * nnodes):
@@ -150,15 +157,21 @@ def test_download_logs_on_distributed_task_warns() -> None:
 
 
 @pytest.mark.launch
-def test_child_task_reuses_parent_run_in_auto_mode(tmp_path: Path) -> None:
-    result = launch(tmp_path, {}, task="tests.plain_tasks:parent", mode="local")
+@pytest.mark.parametrize("parent", ["parent", "parent_via_globals"])
+def test_child_task_reuses_parent_run_in_auto_mode(tmp_path: Path, parent: str) -> None:
+    result = launch(tmp_path, {}, task=f"tests.plain_tasks:{parent}", mode="local")
     assert result.errors == [], result.logs
     assert result.outcomes[0]["result"] == 5
     by_keys = {tuple(sorted(k for k in r.rows[0] if not k.startswith("_"))): r for r in result.runs if r.rows}
     # parent and auto child wrote one run; the "new" child its own
     assert len(result.runs) == 2
-    shared = result.runs[0] if len(result.runs[0].rows) == 2 else result.runs[1]
-    assert [sorted(k for k in row if not k.startswith("_")) for row in shared.rows] == [["parent"], ["child"]]
+    shared = next(r for r in result.runs if "parent" in r.rows[0])
+    # the parent logs again once its children returned: the globals are its run's again
+    assert [sorted(k for k in row if not k.startswith("_")) for row in shared.rows] == [
+        ["parent"],
+        ["child"],
+        ["parent"],
+    ]
     assert by_keys[("new_child",)].run_id != shared.run_id
     assert all(r.exit_code == 0 for r in result.runs)
 

@@ -114,7 +114,8 @@ def test_one_node_two_ranks(tmp_path: Path, run_mode: str, rank_scope: str) -> N
 @pytest.mark.parametrize(("run_mode", "rank_scope"), list(TWO_NODES))
 def test_two_nodes_two_ranks(tmp_path: Path, run_mode: str, rank_scope: str) -> None:
     config = {"nnodes": 2, "nproc_per_node": 2, "project": "p", "run_mode": run_mode, "rank_scope": rank_scope}
-    result = launch(tmp_path, config, inputs={"steps": STEPS})
+    # upstream-style code: rows go through `wandb.log`, and must land exactly as `run.log`'s do
+    result = launch(tmp_path, config, inputs={"steps": STEPS, "via_globals": True})
     assert result.errors == [], result.logs
     # the node holding global rank 0 returns the result; the other returns None
     assert [o["result"] for o in result.outcomes] == [sum(sum(range(s, s + 4)) for s in range(STEPS)), None]
@@ -123,6 +124,11 @@ def test_two_nodes_two_ranks(tmp_path: Path, run_mode: str, rank_scope: str) -> 
     assert {run.config["flyte"]["world_size"] for run in result.runs} == {4}
     _check_flyte_metadata(result, nproc_per_node=2)
     _check_links_agree(result, config)
+    # `wandb.run` is each rank's own run, where it has one
+    opened = {r.rows[0]["rank"]: r.run_id for r in result.runs}
+    assert {rank: facts["global_run_id"] for rank, facts in result.facts.items()} == {
+        rank: opened.get(rank) for rank in range(4)
+    }
     assert {rank: facts["info"] for rank, facts in result.facts.items()} == {
         rank: {
             "rank": rank,
