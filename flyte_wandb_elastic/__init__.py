@@ -1,15 +1,16 @@
-"""W&B tracking for distributed PyTorch (torch elastic) tasks on Flyte."""
+"""W&B tracking for distributed PyTorch tasks on Flyte: `Elastic` and clustered (JobSet + torchrun)."""
 
 from importlib.metadata import PackageNotFoundError, version
 
+from ._clustered import WandbClusteredTask, WandbClusteredTaskEnvironment
 from ._config import WandbElastic
 from ._decorator import wandb_init
+from ._elastic import WandbElasticTask
 from ._hooks import get_distributed_info, get_wandb_run
 from ._links import Wandb
 from ._local import run_ranks_locally
 from ._options import WandbOptions, wandb_config
 from ._runfiles import RunFile, format_table, read_run_file, read_run_files
-from ._task import WandbElasticTask
 
 try:
     __version__ = version("flyte-wandb-elastic")
@@ -19,6 +20,8 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree
 __all__ = [
     "RunFile",
     "Wandb",
+    "WandbClusteredTask",
+    "WandbClusteredTaskEnvironment",
     "WandbElastic",
     "WandbElasticTask",
     "WandbOptions",

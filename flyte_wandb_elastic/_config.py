@@ -42,17 +42,21 @@ class WandbElastic(Elastic, WandbOptions):
     def __post_init__(self) -> None:
         WandbOptions.__post_init__(self)
         _check_elastic(self)
-        for name in ("api_key_secret", "api_key_secret_group"):
-            value = getattr(self, name)
-            if value is not None and (not isinstance(value, str) or not value.strip()):
-                raise invalid(name, value, "the name of a Flyte secret (a non-empty string) or None")
-        if self.api_key_secret_group is not None and self.api_key_secret is None:
-            raise invalid("api_key_secret_group", self.api_key_secret_group, "None unless api_key_secret is set")
+        check_api_key_fields(self.api_key_secret, self.api_key_secret_group)
 
     @property
     def node_range(self) -> tuple[int, int]:
         """The (minimum, maximum) number of nodes that `nnodes` allows."""
         return parse_nnodes(self.nnodes)
+
+
+def check_api_key_fields(secret: Any, group: Any) -> None:
+    """Validate `api_key_secret` and `api_key_secret_group` (shared by every engine's declaration)."""
+    for name, value in (("api_key_secret", secret), ("api_key_secret_group", group)):
+        if value is not None and (not isinstance(value, str) or not value.strip()):
+            raise invalid(name, value, "the name of a Flyte secret (a non-empty string) or None")
+    if group is not None and secret is None:
+        raise invalid("api_key_secret_group", group, "None unless api_key_secret is set")
 
 
 def parse_nnodes(nnodes: Any) -> tuple[int, int]:

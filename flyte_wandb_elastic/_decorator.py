@@ -3,6 +3,8 @@
 - On an Elastic task it returns the same task on `WandbElastic` (decorator arguments win over
   the environment's), so it runs exactly the rank hooks and gets exactly the links of the
   equivalent `WandbElastic` environment.
+- On a clustered task (`flyte.clustered`) it does the same with the equivalent
+  `WandbClusteredTaskEnvironment`.
 - On any other Flyte task it opens one run around the task (a child task reuses its parent's run
   in `auto` mode).
 - On a plain function (e.g. a sweep objective passed to `wandb.agent`) it opens and finishes a run
@@ -20,10 +22,12 @@ import warnings
 from collections.abc import Callable
 from typing import Any, TypeVar, cast, overload
 
+from flyte.clustered import ClusteredTaskTemplate
 from flyte.extend import AsyncFunctionTaskTemplate
 from flyteplugins.pytorch import Elastic
 from flyteplugins.pytorch.task import TorchFunctionTask
 
+from ._clustered import with_wandb
 from ._config import WandbElastic
 from ._hooks import RankHooks, get_wandb_run
 from ._links import Wandb, links_for
@@ -88,15 +92,19 @@ def wandb_init(
     )
 
     def decorate(target: Any) -> Any:
+        distributed = isinstance(target, (TorchFunctionTask, ClusteredTaskTemplate))
+        if distributed and download_logs:
+            warnings.warn(
+                "wandb_init(download_logs=True) is not supported on distributed (Elastic, clustered) tasks: the "
+                "run files stay in each pod; log them offline and `wandb sync` them instead.",
+                UserWarning,
+                stacklevel=3,
+            )
         if isinstance(target, TorchFunctionTask):
-            if download_logs:
-                warnings.warn(
-                    "wandb_init(download_logs=True) is not supported on distributed (Elastic) tasks: the run "
-                    "files stay in each pod; log them offline and `wandb sync` them instead.",
-                    UserWarning,
-                    stacklevel=3,
-                )
             return _on_elastic_task(target, options)
+        if isinstance(target, ClusteredTaskTemplate):
+            overridden = target.override(plugin_config=with_wandb(target.plugin_config, options))
+            return _replace_in_env(target, cast(AsyncFunctionTaskTemplate, overridden))
         if isinstance(target, AsyncFunctionTaskTemplate):
             return _on_task(target, options)
         if callable(target):

@@ -1,8 +1,9 @@
-"""The per-rank hooks that wrap the user's function.
+"""The per-rank hooks that wrap the user's function, for every engine.
 
-Process: `RankHooks` runs inside each worker process that torch elastic starts (and, in a local
-run or a non-Elastic task, in the one process that runs the function). The launching process of
-an Elastic task only pickles it; it opens no run.
+Process: `RankHooks` runs inside each rank's own process: the worker that torch elastic starts
+(Elastic; the launching process only pickles it and opens no run), each rank's `a0` that torchrun
+starts (clustered), or, in a local run or a non-distributed task, the one process that runs the
+function.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Any
 import flyte
 
 from ._job_end import report_return
-from ._node_service import join_node_service
+from ._node_service import first_rank_service, join_node_service
 from ._options import PARENT_RUN_KEY, WandbOptions
 from ._planner import plan_rank, system_metrics
 from ._shutdown import STOP_EXIT_CODE, FinishOnce, Stopped, finish_on_stop
@@ -50,22 +51,30 @@ class RankHooks:
     Attributes:
         func: The user's task function.
         options: The W&B options declared for the task (run context not yet applied).
-        max_nodes: The most nodes the task's `nnodes` allows.
+        max_nodes: The most nodes the task's `nnodes` allows (`replicas` on a clustered task).
         nproc_per_node: Ranks per node.
+        start_node_service: Whether the node's logging ranks share one W&B service that the first
+            of them starts (clustered tasks, where no launcher of ours runs to start it).
     """
 
     func: Callable[..., Any]
     options: WandbOptions
     max_nodes: int = 1
     nproc_per_node: int = 1
+    start_node_service: bool = False
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         with self.session():
             return self.func(*args, **kwargs)
 
     @contextmanager
-    def session(self) -> Iterator[Any]:
-        """Pre-execute hook on entry, post-execute hook on exit (with the exception, if any)."""
+    def session(self, interrupt: bool = True) -> Iterator[Any]:
+        """Pre-execute hook on entry, post-execute hook on exit (with the exception, if any).
+
+        Args:
+            interrupt: Whether the function runs in this thread, so that SIGTERM can interrupt it
+                with `Stopped`. Otherwise SIGTERM finishes the run as stopped and ends the process.
+        """
         ctx = flyte.ctx() or None  # outside a task, flyte.ctx() is a falsy stand-in
         topology = Topology.from_env(os.environ)
         run, owned = self.pre_execute(ctx, topology)
@@ -82,7 +91,7 @@ class RankHooks:
 
         finish = FinishOnce(functools.partial(_wandb_run.finish_run, run))
         error: BaseException | None = None
-        with self._published(ctx, run), finish_on_stop(finish) as finishing:
+        with self._published(ctx, run), finish_on_stop(finish, interrupt) as finishing:
             try:
                 yield run
                 report_return(topology, wait=True)  # success only once every rank has returned
@@ -109,7 +118,8 @@ class RankHooks:
         live = _current_run.get()
         if live is not None and live.id == plan.run_id:
             return live, False  # the parent's run, open in this same process (a local run)
-        join_node_service()  # before wandb starts a service of its own
+        # before wandb starts a service of its own
+        first_rank_service() if self.start_node_service else join_node_service()
         from . import _wandb_run  # imported only by ranks that log
 
         attempt = int(os.environ.get("FLYTE_ATTEMPT_NUMBER", "0"))
@@ -128,7 +138,9 @@ class RankHooks:
                 "world_size": topology.world_size,
                 "nproc_per_node": self.nproc_per_node,
             }
-        resuming = topology.restart_count > 0 or attempt > 0
+            if topology.pod_index is not None:  # a JobSet's pod
+                meta.update(pod_index=topology.pod_index, jobset_restart_attempt=topology.job_restart_attempt)
+        resuming = topology.restarted or attempt > 0
         stats = system_metrics(plan, topology, options.run_mode, _gpus_visible())
         return _wandb_run.open_run(plan, options, meta, resuming, stats), True
 

@@ -1,15 +1,25 @@
 """One W&B service (`wandb-core`) per node, shared by the node's ranks that open runs.
 
-Launching process: `node_service()` starts the service in a background thread, so the launch
+Two ways, one per engine:
+
+Elastic. Launching process: `node_service()` starts the service in a background thread, so the launch
 never waits for it (importing wandb and starting the service take about half a second, while
 rendezvous and the workers' own imports take seconds), and writes the service's address to a
 file whose path the workers inherit. Worker process: `join_node_service()`, called only by ranks
 about to open a run, waits for that file and points `WANDB_SERVICE` at the service. If the
 service cannot start, the file is empty and each rank starts its own, as without this module.
+
+Clustered. No launcher of ours runs: the pod execs torchrun, which starts the ranks' `a0`
+processes. Worker process: `first_rank_service()`, called only by ranks about to open a run,
+takes a lock file named for the node's torchrun agent; the first rank to take it starts a detached
+service (it outlives the rank that started it and stops once no rank has been connected for a few
+seconds) and writes its address beside the lock; the others read it. A service that cannot start,
+or whose address no longer answers, leaves each rank to start its own.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import tempfile
@@ -74,5 +84,25 @@ def join_node_service() -> None:
             return
         time.sleep(0.02)
     address = path.read_text().strip()
+    if address:
+        os.environ[SERVICE_ENV] = address
+
+
+def first_rank_service() -> None:
+    """Join the node's W&B service, starting it if this is the node's first rank here (worker process)."""
+    if os.environ.get(SERVICE_ENV):  # the user already shares one
+        return
+    # Ranks of one node share their torchrun agent (their parent) and its run id.
+    job = os.environ.get("TORCHELASTIC_RUN_ID", "job").replace(os.sep, "_")
+    stem = Path(tempfile.gettempdir(), f"flyte-wandb-elastic-{job}-{os.getppid()}")
+    address_file = stem.with_suffix(".service")
+    from . import _wandb_run
+
+    with open(stem.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # held while the first rank starts the service (under a second)
+        address = address_file.read_text().strip() if address_file.exists() else None
+        if address is None or (address and not _wandb_run.service_answers(address)):
+            address = _wandb_run.start_detached_service() or ""
+            address_file.write_text(address)  # empty: starting failed, each rank starts its own
     if address:
         os.environ[SERVICE_ENV] = address

@@ -48,8 +48,12 @@ class FinishOnce:
 
 
 @contextmanager
-def finish_on_stop(finish: FinishOnce) -> Iterator[Callable[[], None]]:
+def finish_on_stop(finish: FinishOnce, interrupt: bool = True) -> Iterator[Callable[[], None]]:
     """While active, SIGTERM finishes the run through `finish` (see the module docstring).
+
+    With `interrupt=False` (the function runs in another thread, as in a clustered task's `a0`,
+    where the main thread only runs the event loop), SIGTERM raises nothing: the watcher finishes
+    the run as stopped at once and ends the process.
 
     Yields a callable to call when the run is being finished anyway: a SIGTERM that arrives after
     it waits until the run is finished (torch elastic would otherwise cut the finish short and the
@@ -67,7 +71,8 @@ def finish_on_stop(finish: FinishOnce) -> Iterator[Callable[[], None]]:
         if finishing.is_set():
             deferred.set()
             return
-        raise Stopped()
+        if interrupt:
+            raise Stopped()
 
     previous_handler = signal.signal(signal.SIGTERM, on_sigterm)
     previous_fd = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
@@ -81,7 +86,7 @@ def finish_on_stop(finish: FinishOnce) -> Iterator[Callable[[], None]]:
                 return
             if not data or leaving.is_set():
                 return
-            if signal.SIGTERM in data and not leaving.wait(BLOCKED_GRACE_S):
+            if signal.SIGTERM in data and not leaving.wait(BLOCKED_GRACE_S if interrupt else 0):
                 # The main thread is stuck in native code: finish from here and end the process.
                 finish(STOP_EXIT_CODE, str(Stopped()))
                 os._exit(STOP_EXIT_CODE)

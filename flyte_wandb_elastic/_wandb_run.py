@@ -174,6 +174,46 @@ def start_node_service() -> bool:
     return bool(os.environ.get(wandb_env.SERVICE))
 
 
+# How long a detached node service stays up once none of the node's ranks is connected to it.
+DETACHED_IDLE_TIMEOUT = "5s"
+
+
+def start_detached_service() -> str | None:
+    """Start a `wandb-core` that outlives this process; its address, or `None` if it did not start.
+
+    Process: the first logging rank of a node of a clustered task. The service stops by itself
+    once no process has been connected to it for `DETACHED_IDLE_TIMEOUT`, as after
+    `wandb beta core start`. This process joins it like its peers, through `WANDB_SERVICE`, so it
+    does not own it: its exit does not stop the service under them.
+    """
+    from wandb.sdk.lib.service import service_process
+
+    try:
+        process = service_process.start_detached(wandb.Settings(), idle_timeout=DETACHED_IDLE_TIMEOUT)
+        return str(process.token.env_value)
+    except Exception as exc:
+        logger.warning("could not start a shared wandb-core (%s); each rank starts its own", exc)
+        return None
+
+
+def service_answers(address: str) -> bool:
+    """Whether the `wandb-core` at `address` (a `WANDB_SERVICE` value) accepts connections."""
+    import socket
+
+    kind, _, where = address.partition("-")[2].partition("-")[2].partition("-")
+    try:
+        if kind == "unix":
+            with socket.socket(socket.AF_UNIX) as sock:
+                sock.settimeout(1.0)
+                sock.connect(where)
+        else:
+            with socket.create_connection(("localhost", int(where.rpartition("-")[2])), timeout=1.0):
+                pass
+    except (OSError, ValueError):
+        return False
+    return True
+
+
 def stop_node_service(exit_code: int) -> None:
     """Stop the node's service once it has written what the ranks logged.
 

@@ -132,6 +132,109 @@ def launch(
     return Launch(outcomes=outcomes, runs=read_run_files(tmp / "wandb"), facts=facts, logs=logs, wall_s=wall_s)
 
 
+def launch_clustered(
+    tmp: Path,
+    config: dict[str, Any],
+    inputs: dict[str, Any] | None = None,
+    task: str = "train",
+    custom_context: dict[str, str] | None = None,
+    extra_env: dict[str, str] | None = None,
+    during: Callable[[Path], None] | None = None,
+    max_restarts: int = 0,
+    jobset_restart_attempt: int = 0,
+    rdzv_id: str = "job-1",
+) -> Launch:
+    """Run a task of `tests.clustered_tasks` as a clustered task's pods do, one torchrun per node.
+
+    Each node runs the command that Flyte's `clustered` entrypoint execs, with the environment it
+    exports: `torchrun ... --no-python -- a0 ...`. Outcomes hold each node's exit code and, for the
+    node holding global rank 0, the task's output read back from `outputs.pb`.
+    """
+    import asyncio
+    import importlib
+
+    from flyte._internal.runtime.convert import Outputs, convert_from_native_to_inputs, convert_outputs_to_native
+    from flyteidl2.task import common_pb2
+
+    nnodes = int(config.get("replicas", 1))
+    facts_dir = tmp / "facts"
+    facts_dir.mkdir(parents=True, exist_ok=True)
+    env = {
+        **wandb_env(tmp),
+        "TEST_FACTS_DIR": str(facts_dir),
+        "CLUSTERED_CONFIG": json.dumps(config),
+        "FLYTE_CLUSTERED_WORKER": "1",
+        "NNODES": str(nnodes),
+        "MASTER_ADDR": "127.0.0.1",
+        "JOBSET_RESTART_ATTEMPT": str(jobset_restart_attempt),
+        **(extra_env or {}),
+    }
+    # The inputs file, written as Flyte writes it for the pods (the run context rides along).
+    saved = os.environ.get("CLUSTERED_CONFIG")
+    os.environ["CLUSTERED_CONFIG"] = env["CLUSTERED_CONFIG"]
+    try:
+        module = importlib.reload(importlib.import_module("tests.clustered_tasks"))
+    finally:
+        os.environ.pop("CLUSTERED_CONFIG") if saved is None else os.environ.update(CLUSTERED_CONFIG=saved)
+    interface = getattr(module, task).native_interface
+    proto = asyncio.run(convert_from_native_to_inputs(interface, custom_context=custom_context, **(inputs or {})))
+    (tmp / "inputs.pb").write_bytes(proto.proto_inputs.SerializeToString())
+    bin_dir = Path(sys.executable).parent
+    endpoint = f"127.0.0.1:{free_port()}"
+    procs = []
+    started = time.monotonic()
+    for node in range(nnodes):
+        out_dir = tmp / f"out-{node}"
+        out_dir.mkdir(exist_ok=True)
+        command = [
+            str(bin_dir / "torchrun"),
+            f"--nnodes={nnodes}",
+            f"--nproc-per-node={config.get('nproc_per_node', 2)}",
+            f"--node-rank={node}",
+            "--rdzv-backend=c10d",
+            f"--rdzv-id={rdzv_id}",
+            f"--rdzv-endpoint={endpoint}",
+            f"--max-restarts={max_restarts}",
+            "--monitor-interval=1",
+            "--no-python",
+            "--",
+            str(bin_dir / "a0"),
+            *("--inputs", str(tmp / "inputs.pb"), "--outputs-path", str(out_dir), "--version", "v1"),
+            *("--run-base-dir", str(tmp / "base"), "--name", "a0", "--run-name", "r1"),
+            *("--project", "proj", "--domain", "dev", "--org", "o"),
+            *("--resolver", "flyte._internal.resolvers.default.DefaultTaskResolver"),
+            *("mod", "tests.clustered_tasks", "instance", task),
+        ]
+        log = open(tmp / f"node-{node}.log", "w")  # noqa: SIM115 - closed below
+        node_env = {**env, "NODE_RANK": str(node), "PATH": f"{bin_dir}{os.pathsep}{env.get('PATH', '')}"}
+        procs.append((subprocess.Popen(command, cwd=REPO, env=node_env, stdout=log, stderr=subprocess.STDOUT), log))
+    try:
+        if during is not None:
+            during(facts_dir)
+        for proc, _ in procs:
+            proc.wait(timeout=LAUNCH_TIMEOUT_S)
+    finally:
+        for proc, log in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            log.close()
+    wall_s = time.monotonic() - started
+    outcomes: list[dict[str, Any]] = []
+    for node, (proc, _) in enumerate(procs):
+        outcome: dict[str, Any] = {"rc": proc.returncode}
+        outputs = tmp / f"out-{node}" / "outputs.pb"
+        if outputs.exists():
+            proto_out = common_pb2.Outputs.FromString(outputs.read_bytes())
+            outcome["result"] = asyncio.run(convert_outputs_to_native(interface, Outputs(proto_outputs=proto_out)))
+        if proc.returncode != 0:
+            outcome["error"] = f"node {node} exited {proc.returncode}"
+        outcomes.append(outcome)
+    facts = {int(p.stem.split("-")[1]): json.loads(p.read_text()) for p in facts_dir.glob("rank-*.json")}
+    logs = [(tmp / f"node-{n}.log").read_text() for n in range(nnodes)]
+    return Launch(outcomes=outcomes, runs=read_run_files(tmp / "wandb"), facts=facts, logs=logs, wall_s=wall_s)
+
+
 @pytest.fixture
 def wandb_offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Offline W&B in this process, writing under a fresh temporary directory."""

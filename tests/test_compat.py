@@ -12,7 +12,7 @@ import flyte
 import pytest
 
 from flyte_wandb_elastic import WandbElastic, wandb_config, wandb_init
-from flyte_wandb_elastic._task import WandbElasticTask
+from flyte_wandb_elastic._elastic import WandbElasticTask
 from tests.conftest import REPO, launch, wandb_env
 from tests.serialize import links, run_path_spec
 from tests.tasks import FAST_ELASTIC, make_task

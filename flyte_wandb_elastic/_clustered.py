@@ -1,0 +1,146 @@
+"""The clustered engine: `flyte.clustered` environments (a JobSet whose pods exec torchrun) with W&B.
+
+Each rank is a full Flyte `a0` process that torchrun starts, and `a0` calls the task's `execute`
+itself, so the rank hooks wrap `execute` there. No launcher of ours runs on this path.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import flyte
+from flyte.clustered import ClusteredTaskEnvironment, ClusteredTaskTemplate
+from flyte.clustered._task import _ClusteredPlugin
+from flyte.extend import TaskPluginRegistry
+
+from ._config import check_api_key_fields
+from ._hooks import RankHooks
+from ._options import WandbOptions, invalid
+from ._task_spec import node_shares_a_service, with_api_key, with_wandb_links
+
+
+@dataclass(frozen=True, eq=False)
+class WandbClusteredPlugin(_ClusteredPlugin):
+    """The clustered settings snapshot, plus what the ranks need to log to W&B.
+
+    Attributes:
+        wandb: The W&B options declared for the tasks.
+        api_key_secret: Name of the Flyte secret holding the W&B API key, or `None`.
+        api_key_secret_group: Its group, or `None`.
+    """
+
+    wandb: WandbOptions = field(default_factory=WandbOptions)
+    api_key_secret: str | None = None
+    api_key_secret_group: str | None = None
+
+    @property
+    def replicas(self) -> int:
+        """Pods (nodes) of the job."""
+        return self._settings().replicas
+
+    @property
+    def nproc_per_node(self) -> int:
+        """Ranks per pod."""
+        return self._settings().nproc_per_node
+
+    def _settings(self) -> Any:
+        if self.settings is None:
+            raise ValueError("WandbClusteredPlugin.settings is None: build it from a ClusteredTaskEnvironment")
+        return self.settings
+
+
+@dataclass(kw_only=True)
+class WandbClusteredTaskEnvironment(ClusteredTaskEnvironment):
+    """A clustered environment (JobSet + torchrun) whose ranks log to W&B.
+
+    Every `ClusteredTaskEnvironment` field is kept (`replicas`, `nproc_per_node`, `runtime`, ...).
+    `replicas` plays the part of `Elastic`'s `nnodes`: the same run ids, groups, labels, links and
+    exit states as the equivalent `WandbElastic` declaration.
+
+    Example:
+        ```python
+        env = WandbClusteredTaskEnvironment(
+            name="train", replicas=2, nproc_per_node=4, runtime=TorchRun(rdzv_backend="c10d"),
+            wandb=WandbOptions(project="my-project", run_mode="shared", rank_scope="worker"),
+            api_key_secret="wandb-api-key",
+        )
+        ```
+
+    Attributes:
+        wandb: How the ranks log (`WandbOptions`); unset fields come from the run context.
+        api_key_secret: Name of a Flyte secret holding the W&B API key, given to every rank as
+            `WANDB_API_KEY`.
+        api_key_secret_group: Its group, for stores that use one.
+
+    Raises:
+        ValueError: A field is invalid; the message names the field, the value and what is allowed.
+    """
+
+    wandb: WandbOptions = field(default_factory=WandbOptions)
+    api_key_secret: str | None = None
+    api_key_secret_group: str | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.wandb, WandbOptions):
+            raise invalid("wandb", self.wandb, "a WandbOptions(...)")
+        for name in ("replicas", "nproc_per_node"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise invalid(name, value, "an int >= 1")
+        check_api_key_fields(self.api_key_secret, self.api_key_secret_group)
+        super().__post_init__()
+        assert isinstance(self.plugin_config, _ClusteredPlugin)  # set by ClusteredTaskEnvironment
+        self.plugin_config = WandbClusteredPlugin(
+            settings=self.plugin_config.settings,
+            wandb=self.wandb.wandb_options(),
+            api_key_secret=self.api_key_secret,
+            api_key_secret_group=self.api_key_secret_group,
+        )
+
+
+@dataclass(kw_only=True)
+class WandbClusteredTask(ClusteredTaskTemplate):
+    """A clustered task whose ranks run the W&B rank hooks around the function.
+
+    It serializes exactly as Flyte's `clustered-task` (the same `custom` payload and `clustered`
+    entrypoint), with W&B console links and, when `api_key_secret` is set, a secret request for
+    `WANDB_API_KEY`.
+    """
+
+    plugin_config: WandbClusteredPlugin
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        config = self.plugin_config
+        replicas = config.replicas
+        self.links = with_wandb_links(self.links, config.wandb, replicas, replicas, config.nproc_per_node)
+        self.secrets = with_api_key(self.secrets, config.api_key_secret, config.api_key_secret_group)
+
+    async def execute(self, *args: Any, **kwargs: Any) -> Any:
+        # Runs in each rank's own `a0` (torchrun starts `nproc_per_node` per pod), from the main
+        # thread, while Flyte runs a sync function in a thread of its own; once in a local run.
+        config = self.plugin_config
+        ctx = flyte.ctx()
+        shares = (
+            bool(ctx)
+            and ctx.mode != "local"
+            and node_shares_a_service(config.wandb.resolved(ctx.custom_context), config.replicas, config.nproc_per_node)
+        )
+        hooks = RankHooks(self.func, config.wandb, config.replicas, config.nproc_per_node, start_node_service=shares)
+        with hooks.session(interrupt=False):
+            return await ClusteredTaskTemplate.execute(self, *args, **kwargs)
+
+
+def with_wandb(config: _ClusteredPlugin, options: WandbOptions) -> WandbClusteredPlugin:
+    """A clustered task's plugin config with `options` over the W&B options it already declares."""
+    declared = config.wandb if isinstance(config, WandbClusteredPlugin) else WandbOptions()
+    return WandbClusteredPlugin(
+        settings=config.settings,
+        wandb=options.filled_from(declared),
+        api_key_secret=getattr(config, "api_key_secret", None),
+        api_key_secret_group=getattr(config, "api_key_secret_group", None),
+    )
+
+
+TaskPluginRegistry.register(config_type=WandbClusteredPlugin, plugin=WandbClusteredTask)

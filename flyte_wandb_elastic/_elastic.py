@@ -1,0 +1,60 @@
+"""The Elastic engine: the task template that Flyte builds for functions of a `WandbElastic` environment."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from dataclasses import dataclass
+from typing import Any
+
+import flyte
+from flyte.extend import TaskPluginRegistry
+from flyteplugins.pytorch.task import TorchFunctionTask
+
+from ._config import WandbElastic
+from ._hooks import RankHooks
+from ._node_service import node_service
+from ._task_spec import check_sync, node_shares_a_service, with_api_key, with_wandb_links
+
+
+@dataclass(kw_only=True)
+class WandbElasticTask(TorchFunctionTask):
+    """A PyTorch elastic task whose worker processes run the W&B rank hooks.
+
+    It serializes exactly as the pytorch plugin's task (a PyTorchJob, or a python task for one
+    node), with W&B console links and, when `api_key_secret` is set, a secret request for
+    `WANDB_API_KEY`. `flyte run`, `flyte deploy` and local runs treat it as a normal Elastic task.
+    """
+
+    plugin_config: WandbElastic
+
+    def __post_init__(self) -> None:
+        check_sync(self.name, self.func, "torch elastic")
+        super().__post_init__()
+        config = self.plugin_config
+        self.links = with_wandb_links(
+            self.links,  # type: ignore[has-type]
+            config.wandb_options(),
+            self.min_nodes,
+            self.max_nodes,
+            config.nproc_per_node,
+        )
+        self.secrets = with_api_key(self.secrets, config.api_key_secret, config.api_key_secret_group)  # type: ignore[has-type]
+
+    async def execute(self, *args: Any, **kwargs: Any) -> Any:
+        # Runs in the launching process (one per node): hand torch elastic the function with the
+        # hooks around it, and share one W&B service among this node's ranks when several log.
+        hooked = copy.copy(self)
+        config = self.plugin_config
+        hooked.func = RankHooks(self.func, config.wandb_options(), self.max_nodes, config.nproc_per_node)
+        ctx = flyte.ctx()
+        shares = (
+            bool(ctx)
+            and ctx.mode != "local"  # a local run is one process
+            and node_shares_a_service(config.resolved(ctx.custom_context), self.max_nodes, config.nproc_per_node)
+        )
+        with node_service() if shares else contextlib.nullcontext():
+            return await TorchFunctionTask.execute(hooked, *args, **kwargs)
+
+
+TaskPluginRegistry.register(config_type=WandbElastic, plugin=WandbElasticTask)

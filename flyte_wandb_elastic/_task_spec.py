@@ -1,0 +1,65 @@
+"""What a W&B task declares on every engine: checks, console links, the API key request, and
+whether a node's ranks share one W&B service. The engine adapters (`_elastic`, `_clustered`) call
+these when a task is declared or starts, so both engines declare exactly the same things.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+import flyte
+
+from ._links import Wandb, links_for
+from ._options import WandbOptions
+from ._planner import plan_rank
+from ._topology import Topology
+
+API_KEY_ENV = "WANDB_API_KEY"
+
+
+def check_sync(task_name: str, func: Callable[..., Any], engine: str) -> None:
+    """Raise when the task function is async: every rank calls it synchronously."""
+    if inspect.iscoroutinefunction(func):
+        raise TypeError(
+            f"task {task_name!r}: func={func.__qualname__!r} is an async function, but {engine} ranks call the "
+            "task function synchronously: declare it with `def`, not `async def`."
+        )
+
+
+def with_wandb_links(
+    links: tuple[Any, ...], options: WandbOptions, min_nodes: int, max_nodes: int, nproc_per_node: int
+) -> tuple[Any, ...]:
+    """`links` with this task's W&B links in place of any earlier ones (`override()` copies them)."""
+    kept = tuple(link for link in links if not isinstance(link, Wandb))
+    return (*kept, *links_for(options, min_nodes, max_nodes, nproc_per_node))
+
+
+def with_api_key(secrets: Any, key: str | None, group: str | None) -> Any:
+    """`secrets` plus a request for the W&B API key as `WANDB_API_KEY` (replacing any earlier one)."""
+    if key is None:
+        return secrets
+    requested = [] if secrets is None else list(secrets) if isinstance(secrets, (list, tuple)) else [secrets]
+    kept = [s for s in requested if not (isinstance(s, flyte.Secret) and s.as_env_var == API_KEY_ENV)]
+    return [*kept, flyte.Secret(key=key, group=group, as_env_var=API_KEY_ENV)]
+
+
+def node_shares_a_service(options: WandbOptions, max_nodes: int, nproc_per_node: int) -> bool:
+    """Whether a node's ranks should share one W&B service, by the planner.
+
+    Worth it when several ranks of a node open runs. Only runs with distinct ids can share one: a
+    W&B service holds one stream per run id, so the writers of a shared-mode run each keep their
+    own service.
+
+    Args:
+        options: The task's options, resolved with the run context.
+        max_nodes: The most nodes the task may run on.
+        nproc_per_node: Ranks per node.
+    """
+    plans = [
+        plan_rank(options, Topology.in_job(local, max_nodes, nproc_per_node), "run", "action", max_nodes)
+        for local in range(nproc_per_node)
+    ]
+    ids = [plan.run_id for plan in plans if plan.opens_run]
+    return len(ids) > 1 and len(set(ids)) == len(ids)

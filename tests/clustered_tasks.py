@@ -1,0 +1,32 @@
+"""Clustered tasks launched by the tests with the real worker command (torchrun + `a0`).
+
+`a0` loads a task by module and attribute name, so the environment is built at import from
+`CLUSTERED_CONFIG` (JSON: `replicas`, `nproc_per_node`, `max_restarts` and `WandbOptions` fields):
+`train` and `flaky` are on a `WandbClusteredTaskEnvironment`, `train_decorated` is
+`@wandb_init(...)` over the same function on a plain `ClusteredTaskEnvironment`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+from flyte.clustered import ClusteredTaskEnvironment, TorchRun
+
+from flyte_wandb_elastic import WandbClusteredTaskEnvironment, WandbOptions, wandb_init
+from tests import tasks
+
+_config = json.loads(os.environ.get("CLUSTERED_CONFIG", "{}"))
+_layout = {
+    "replicas": _config.pop("replicas", 1),
+    "nproc_per_node": _config.pop("nproc_per_node", 2),
+    "runtime": TorchRun(rdzv_backend="c10d", max_restarts=_config.pop("max_restarts", 0)),
+}
+_secret = {k: _config.pop(k) for k in ("api_key_secret", "api_key_secret_group") if k in _config}
+
+env = WandbClusteredTaskEnvironment(name="clustered_env", wandb=WandbOptions(**_config), **_layout, **_secret)
+train = env.task(tasks.train)
+flaky = env.task(tasks.flaky)
+
+plain_env = ClusteredTaskEnvironment(name="plain_clustered_env", **_layout)
+train_decorated = wandb_init(**_config)(plain_env.task(tasks.train))
