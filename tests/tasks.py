@@ -68,7 +68,8 @@ def train(
 
 
 def flaky(steps: int = 3, fail_rank: int = 1, fail_after_s: float = 2.0) -> int:
-    """Log `steps` rows; `fail_rank` then fails on the first attempt (no process group is formed),
+    """Log `steps` rows; `fail_rank` then fails on the job's first start (not after a torch elastic
+    or JobSet restart; no process group is formed),
     `fail_after_s` later, so that the other ranks have logged their rows by then.
 
     Returns the torch elastic restart count it finished in.
@@ -80,7 +81,8 @@ def flaky(steps: int = 3, fail_rank: int = 1, fail_after_s: float = 2.0) -> int:
     for step in range(steps):
         if run is not None:
             run.log({"row": step, "restart": restart, "rank": rank})
-    if rank == fail_rank and restart == 0:
+    first_start = restart == 0 and os.environ.get("JOBSET_RESTART_ATTEMPT", "0") == "0"
+    if rank == fail_rank and first_start:
         time.sleep(fail_after_s)
         raise ValueError(f"rank {rank} fails on the first attempt")
     return restart

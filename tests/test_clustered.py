@@ -10,13 +10,16 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import signal
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 from google.protobuf.json_format import MessageToDict
 
-from tests.conftest import Launch, launch_clustered
+from tests.conftest import Launch, launch, launch_clustered, wait_for_facts, wandb_core_processes
 from tests.serialize import deploy_path_spec, links, serialize
 from tests.test_launch import ONE_NODE, STEPS, TWO_NODES, _check_rows
 
@@ -104,3 +107,143 @@ def test_spec_is_still_a_clustered_task_with_links_and_secret() -> None:
         if name == "train":  # the secret is declared on the environment
             [secret] = template.security_context.secrets
             assert (secret.key, secret.env_var) == ("wandb-key", "WANDB_API_KEY")
+
+
+ONE = {"replicas": 1, "nproc_per_node": 2, "project": "p"}
+
+
+def _by_rank(result: Launch) -> dict[int, Any]:
+    return {run.config["flyte"]["rank"]: run for run in result.runs}
+
+
+@pytest.mark.parametrize("run_mode", ["new", "shared"])
+def test_raising_rank_fails_its_run_and_stops_the_others(tmp_path: Path, run_mode: str) -> None:
+    result = launch_clustered(tmp_path, {**ONE, "run_mode": run_mode}, inputs={"steps": 3, "fail_rank": 1})
+    assert [o["rc"] for o in result.outcomes] == [1]
+    runs = _by_rank(result)
+    assert (runs[1].exit_code, runs[1].summary["flyte_error"]) == (1, "ValueError: rank 1 failed on purpose")
+    # rank 0 returned first, but the job failed: its run must not end as successful either
+    assert runs[0].exit_code == 143
+    assert [len(runs[r].rows) for r in (0, 1)] == [3, 3]
+
+
+def test_rank_stopped_while_blocked_in_a_collective_finishes_failed(tmp_path: Path) -> None:
+    # rank 1 stalls before step 1, so rank 0 blocks inside the step-1 all-reduce (native code)
+    def stop_rank_0(facts_dir: Path) -> None:
+        pid = wait_for_facts(facts_dir, 0)["pid"]
+        time.sleep(3)
+        os.kill(pid, signal.SIGTERM)
+
+    inputs = {"steps": 3, "sleep_rank": 1, "sleep_s": 60.0}
+    result = launch_clustered(tmp_path, {**ONE, "run_mode": "new"}, inputs=inputs, during=stop_rank_0)
+    assert result.wall_s < 30
+    assert [o["rc"] for o in result.outcomes] != [0]
+    runs = _by_rank(result)
+    assert (runs[0].exit_code, len(runs[0].rows)) == (143, 1)
+    assert "SIGTERM" in runs[0].summary["flyte_error"]
+    assert runs[1].exit_code == 143  # torchrun stopped it in its sleep
+    assert all(run.exit_code not in (0, None) for run in result.runs)
+
+
+@pytest.mark.parametrize("run_mode", ["auto", "shared", "new"])
+def test_torchrun_restart_reopens_the_runs_and_loses_nothing(tmp_path: Path, run_mode: str) -> None:
+    config = {**ONE, "run_mode": run_mode, "max_restarts": 1}
+    result = launch_clustered(tmp_path, config, inputs={"steps": 3}, task="flaky", max_restarts=1)
+    assert result.errors == [], result.logs
+    assert [o["result"] for o in result.outcomes] == [1]  # finished on the first restart
+    _check_two_attempts(result, "restart_count", {"auto": 1, "shared": 2, "new": 2}[run_mode])
+
+
+def test_jobset_restart_reopens_the_runs_and_loses_nothing(tmp_path: Path) -> None:
+    config = {**ONE, "run_mode": "new"}
+    first = launch_clustered(tmp_path, config, inputs={"steps": 3}, task="flaky", rdzv_id="job-0")
+    assert [o["rc"] for o in first.outcomes] == [1]
+    again = launch_clustered(
+        tmp_path, config, inputs={"steps": 3}, task="flaky", jobset_restart_attempt=1, rdzv_id="job-1"
+    )
+    assert again.errors == [], again.logs
+    assert [o["result"] for o in again.outcomes] == [0]  # no torchrun restart in the new JobSet
+    _check_two_attempts(again, "jobset_restart_attempt", 2)
+
+
+def _check_two_attempts(result: Launch, counter: str, writers_expected: int) -> None:
+    writers: dict[tuple[str, str], list[Any]] = {}
+    for run in result.runs:
+        writers.setdefault((run.run_id, run.label), []).append(run)
+    assert len(writers) == writers_expected
+    for files in writers.values():
+        files.sort(key=lambda r: r.config["flyte"][counter])
+        assert [f.config["flyte"][counter] for f in files] == [0, 1]
+        rows = [row for f in files for row in f.rows]
+        # both attempts' rows are kept, and steps never go back within the run
+        assert [row["row"] for row in rows] == [0, 1, 2, 0, 1, 2]
+        assert [row["_step"] for row in rows] == list(range(6))
+
+
+@pytest.mark.parametrize(("replicas", "nproc"), [(1, 3), (2, 2)])
+def test_rank_runs_share_one_wandb_service_per_node(tmp_path: Path, replicas: int, nproc: int) -> None:
+    peak = 0
+    done = threading.Event()
+
+    def watch() -> None:
+        nonlocal peak
+        while not done.is_set():
+            peak = max(peak, len(wandb_core_processes(tmp_path)))
+            time.sleep(0.05)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    config = {"replicas": replicas, "nproc_per_node": nproc, "project": "p", "run_mode": "new"}
+    try:
+        result = launch_clustered(tmp_path, config, inputs={"steps": 200})
+    finally:
+        done.set()
+        watcher.join()
+    assert result.errors == [], result.logs
+    assert len(result.runs) == replicas * nproc
+    assert all(run.exit_code == 0 and len(run.rows) == 200 for run in result.runs)
+    assert peak == replicas  # the first logging rank of each node started it, the others joined
+    # the node's service outlives the rank that started it, and stops once no rank uses it
+    deadline = time.monotonic() + 15
+    while wandb_core_processes(tmp_path) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert wandb_core_processes(tmp_path) == []
+
+
+@pytest.mark.parametrize("run_mode", ["auto", "shared", "new"])
+def test_local_run_opens_exactly_one_run(tmp_path: Path, run_mode: str) -> None:
+    config = {"replicas": 2, "nproc_per_node": 2, "project": "p", "run_mode": run_mode, "rank_scope": "worker"}
+    result = launch(
+        tmp_path,
+        {},
+        inputs={"steps": 2},
+        task="tests.clustered_tasks:train",
+        mode="local",
+        extra_env={"CLUSTERED_CONFIG": json.dumps(config)},
+    )
+    assert result.errors == [], result.logs
+    assert result.outcomes[0]["result"] == 1.0
+    [run] = result.runs
+    assert (run.exit_code, [row["loss"] for row in run.rows]) == (0, [1.0, 0.5])
+    assert run.config["flyte"]["world_size"] == 1
+
+
+def test_unreachable_server_falls_back_offline_and_the_key_stays_secret(tmp_path: Path) -> None:
+    key = "local-" + "0123456789abcdef" * 3
+    config = {
+        **ONE,
+        "run_mode": "new",
+        "mode": "online",
+        "host": "http://127.0.0.1:9",
+        "init_timeout": 5,
+        "api_key_secret": "wandb-key",
+    }
+    result = launch_clustered(tmp_path, config, inputs={"steps": 3}, extra_env={"WANDB_API_KEY": key})
+    assert result.errors == [], result.logs
+    assert len(result.runs) == 2
+    assert all(run.exit_code == 0 and len(run.rows) == 3 for run in result.runs)
+    assert all(run.path.parent.name.startswith("offline-run-") for run in result.runs)
+    assert "Upload it later with: wandb sync " in "".join(result.logs)
+    written = [p for p in (tmp_path / "wandb").rglob("*") if p.is_file()]
+    assert [p for p in written if key.encode() in p.read_bytes()] == []
+    assert all(key not in log for log in result.logs)
