@@ -13,7 +13,8 @@ def run_and_report(task: Any, **inputs: Any) -> Any:
     """Run `task` with its real ranks here and print where its W&B runs are and what they hold."""
     if not os.environ.get("WANDB_API_KEY"):
         os.environ.setdefault("WANDB_MODE", "offline")
-    wandb_dir = os.path.abspath(os.environ.setdefault("WANDB_DIR", "wandb-examples"))
+    # absolute, so that rank processes started elsewhere write to the same place
+    wandb_dir = os.environ["WANDB_DIR"] = os.path.abspath(os.environ.get("WANDB_DIR", "wandb-examples"))
     os.makedirs(wandb_dir, exist_ok=True)
     os.environ.setdefault("WANDB_SILENT", "true")
     os.environ.setdefault("OMP_NUM_THREADS", "1")

@@ -6,6 +6,9 @@ itself, so the rank hooks wrap `execute` there. No launcher of ours runs on this
 
 from __future__ import annotations
 
+import asyncio
+import functools
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,8 +19,10 @@ from flyte.extend import TaskPluginRegistry
 
 from ._config import check_api_key_fields
 from ._hooks import RankHooks
+from ._job_end import first_failure
 from ._options import WandbOptions, invalid
 from ._task_spec import node_shares_a_service, with_api_key, with_wandb_links
+from ._topology import Topology
 
 
 @dataclass(frozen=True, eq=False)
@@ -128,8 +133,32 @@ class WandbClusteredTask(ClusteredTaskTemplate):
             and node_shares_a_service(config.wandb.resolved(ctx.custom_context), config.replicas, config.nproc_per_node)
         )
         hooks = RankHooks(self.func, config.wandb, config.replicas, config.nproc_per_node, start_node_service=shares)
-        with hooks.session(interrupt=False):
+        output_path = ctx.output_path if ctx else None
+        with hooks.session(interrupt=False, on_stopped=functools.partial(upload_peer_failure, output_path)):
             return await ClusteredTaskTemplate.execute(self, *args, **kwargs)
+
+
+def upload_peer_failure(output_path: str | None) -> None:
+    """On global rank 0, stopped by torchrun: make the rank that failed first the task's error.
+
+    Flyte lets only rank 0 write a clustered task's error, and rank 0 is stopped, not failed, when
+    another rank fails. Its `error.pb` then names that rank and its error, within Flyte's rule for
+    JobSet restarts (written only once the restart budget looks used up).
+    """
+    topology = Topology.from_env(os.environ)
+    failure = first_failure(topology) if topology.rank == 0 and output_path else None
+    if failure is None or failure["rank"] == 0:
+        return
+    from flyte._internal.runtime.io import upload_error
+    from flyteidl2.core import execution_pb2
+
+    error = execution_pb2.ExecutionError(
+        kind=execution_pb2.ExecutionError.USER,
+        code=failure["type"],
+        message=f"rank {failure['rank']} failed: {failure['type']}: {failure['message']}",
+        worker=f"rank-{failure['rank']}",
+    )
+    asyncio.run(upload_error(error, str(output_path)))
 
 
 def with_wandb(config: _ClusteredPlugin, options: WandbOptions) -> WandbClusteredPlugin:

@@ -19,7 +19,7 @@ from typing import Any
 
 import flyte
 
-from ._job_end import report_return
+from ._job_end import report_failure, report_return
 from ._node_service import first_rank_service, join_node_service
 from ._options import PARENT_RUN_KEY, WandbOptions
 from ._planner import plan_rank, system_metrics
@@ -68,12 +68,13 @@ class RankHooks:
             return self.func(*args, **kwargs)
 
     @contextmanager
-    def session(self, interrupt: bool = True) -> Iterator[Any]:
+    def session(self, interrupt: bool = True, on_stopped: Callable[[], None] | None = None) -> Iterator[Any]:
         """Pre-execute hook on entry, post-execute hook on exit (with the exception, if any).
 
         Args:
             interrupt: Whether the function runs in this thread, so that SIGTERM can interrupt it
                 with `Stopped`. Otherwise SIGTERM finishes the run as stopped and ends the process.
+            on_stopped: Called when SIGTERM ends the process this way, after the run is finished.
         """
         ctx = flyte.ctx() or None  # outside a task, flyte.ctx() is a falsy stand-in
         topology = Topology.from_env(os.environ)
@@ -83,7 +84,7 @@ class RankHooks:
                 with self._published(ctx, run):
                     yield run
             except BaseException as exc:
-                _record_for_torch_elastic(exc)
+                _record_failure(exc, topology)
                 raise
             report_return(topology, wait=False)
             return
@@ -91,7 +92,7 @@ class RankHooks:
 
         finish = FinishOnce(functools.partial(_wandb_run.finish_run, run))
         error: BaseException | None = None
-        with self._published(ctx, run), finish_on_stop(finish, interrupt) as finishing:
+        with self._published(ctx, run), finish_on_stop(finish, interrupt, on_stopped) as finishing:
             try:
                 yield run
                 report_return(topology, wait=True)  # success only once every rank has returned
@@ -100,7 +101,7 @@ class RankHooks:
                 raise
             finally:
                 finishing()
-                self.post_execute(finish, error)
+                self.post_execute(finish, error, topology)
 
     def pre_execute(self, ctx: Any, topology: Topology) -> tuple[Any, bool]:
         """Open this rank's run if the plan says so.
@@ -144,16 +145,16 @@ class RankHooks:
         stats = system_metrics(plan, topology, options.run_mode, _gpus_visible())
         return _wandb_run.open_run(plan, options, meta, resuming, stats), True
 
-    def post_execute(self, finish: FinishOnce, error: BaseException | None) -> None:
+    def post_execute(self, finish: FinishOnce, error: BaseException | None, topology: Topology) -> None:
         """Finish the run: exit code 0, 1 when the function raised, 143 when the rank was stopped.
 
-        The error is recorded in the run summary (`flyte_error`) and where torch elastic reads it,
-        so the task fails with this rank's message.
+        The error is recorded in the run summary (`flyte_error`), where torch elastic reads it (so
+        the task fails with this rank's message) and, if it is the job's first, for rank 0.
         """
         if error is None:
             finish(0, None)
             return
-        _record_for_torch_elastic(error)
+        _record_failure(error, topology)
         exit_code = STOP_EXIT_CODE if isinstance(error, Stopped) else 1
         finish(exit_code, f"{type(error).__name__}: {error}")
 
@@ -182,10 +183,13 @@ def _gpus_visible() -> bool:
     return bool(torch is not None and torch.cuda.is_available())
 
 
-def _record_for_torch_elastic(error: BaseException) -> None:
-    """Write the rank's error where torch elastic reads it, so the task fails with this message."""
-    if "TORCHELASTIC_ERROR_FILE" not in os.environ or not isinstance(error, Exception):
+def _record_failure(error: BaseException, topology: Topology) -> None:
+    """Write the rank's error where torch elastic reads it (so the task fails with this message)
+    and, when it is the job's first failure, where rank 0 finds it (see `_job_end`)."""
+    if not isinstance(error, Exception):  # stopped, not failed
         return
-    from torch.distributed.elastic.multiprocessing.errors import ErrorHandler
+    report_failure(topology, error)
+    if "TORCHELASTIC_ERROR_FILE" in os.environ:
+        from torch.distributed.elastic.multiprocessing.errors import ErrorHandler
 
-    ErrorHandler().record_exception(error)
+        ErrorHandler().record_exception(error)

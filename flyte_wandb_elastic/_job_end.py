@@ -1,4 +1,6 @@
-"""A run ends as successful only once every rank of the job has returned.
+"""How a job ends, agreed through torch elastic's key-value store (the agent's TCPStore).
+
+A run ends as successful only once every rank of the job has returned.
 
 Otherwise a rank that returns first would mark its run successful, and a peer failing a moment
 later (a checkpoint write on rank 1, say) would leave a failed job with a successful run, the
@@ -7,14 +9,20 @@ torch elastic's own key-value store; ranks that own a run then wait for the coun
 world size. If a peer fails instead, torch elastic stops the waiting ranks and their runs end as
 stopped (exit code 143). Ranks without a run only add to the counter: they never wait.
 
-Process: a worker process that torch elastic started, after the user's function returned.
+The first rank that fails records its error there too, so that on a clustered task, where Flyte
+lets only global rank 0 write the task's error, rank 0 can report it when torchrun stops it.
+
+Process: a worker process that torch elastic (or torchrun) started, after the user's function
+returned or raised.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from datetime import timedelta
+from typing import Any
 
 from ._topology import Topology
 
@@ -24,19 +32,55 @@ logger = logging.getLogger("flyte_wandb_elastic")
 WAIT_FOR_PEERS_S = 3600
 
 
-def report_return(topology: Topology, wait: bool) -> None:
-    """Count this rank as returned; with `wait`, block until every rank of the job has."""
+def _store(topology: Topology, timeout_s: float) -> tuple[Any, str] | None:
+    """A client of the job's store and this job start's key prefix, or `None` outside a job."""
     run_id, addr, port = (os.environ.get(k) for k in ("TORCHELASTIC_RUN_ID", "MASTER_ADDR", "MASTER_PORT"))
     if not topology.distributed or not (run_id and addr and port):
-        return
+        return None
     from torch.distributed import TCPStore
 
-    key = f"flyte_wandb_elastic/{run_id}/{topology.restart_count}/returned"
+    store = TCPStore(addr, int(port), is_master=False, timeout=timedelta(seconds=timeout_s))
+    return store, f"flyte_wandb_elastic/{run_id}/{topology.restart_count}"
+
+
+def report_return(topology: Topology, wait: bool) -> None:
+    """Count this rank as returned; with `wait`, block until every rank of the job has."""
     try:
-        store = TCPStore(addr, int(port), is_master=False, timeout=timedelta(seconds=WAIT_FOR_PEERS_S))
+        found = _store(topology, WAIT_FOR_PEERS_S)
+        if found is None:
+            return
+        store, prefix = found
+        key = f"{prefix}/returned"
         if store.add(key, 1) >= topology.world_size:
             store.set(f"{key}/all", "1")
         if wait:
             store.wait([f"{key}/all"])
     except RuntimeError as exc:  # the store is gone, or a peer still runs after an hour
         logger.warning("could not wait for every rank to return (%s); finishing this run anyway", exc)
+
+
+def report_failure(topology: Topology, error: BaseException) -> None:
+    """Record this rank's error as the job's first failure, unless another rank's came first."""
+    try:
+        found = _store(topology, 5)
+        if found is None:
+            return
+        store, prefix = found
+        failure = json.dumps({"rank": topology.rank, "type": type(error).__name__, "message": str(error)})
+        store.compare_set(f"{prefix}/failure", "", failure)
+    except RuntimeError as exc:  # the store is gone: torch elastic still reports this rank's exit
+        logger.warning("could not record this rank's failure for its peers (%s)", exc)
+
+
+def first_failure(topology: Topology) -> dict[str, Any] | None:
+    """The first failure a rank of this job recorded (`rank`, `type`, `message`), or `None`."""
+    try:
+        found = _store(topology, 5)
+        if found is None:
+            return None
+        store, prefix = found
+        if not store.check([f"{prefix}/failure"]):
+            return None
+        return dict(json.loads(store.get(f"{prefix}/failure")))
+    except (RuntimeError, ValueError):
+        return None

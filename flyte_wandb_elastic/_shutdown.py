@@ -48,12 +48,14 @@ class FinishOnce:
 
 
 @contextmanager
-def finish_on_stop(finish: FinishOnce, interrupt: bool = True) -> Iterator[Callable[[], None]]:
+def finish_on_stop(
+    finish: FinishOnce, interrupt: bool = True, on_stopped: Callable[[], None] | None = None
+) -> Iterator[Callable[[], None]]:
     """While active, SIGTERM finishes the run through `finish` (see the module docstring).
 
     With `interrupt=False` (the function runs in another thread, as in a clustered task's `a0`,
     where the main thread only runs the event loop), SIGTERM raises nothing: the watcher finishes
-    the run as stopped at once and ends the process.
+    the run as stopped at once and ends the process, calling `on_stopped` just before.
 
     Yields a callable to call when the run is being finished anyway: a SIGTERM that arrives after
     it waits until the run is finished (torch elastic would otherwise cut the finish short and the
@@ -89,6 +91,11 @@ def finish_on_stop(finish: FinishOnce, interrupt: bool = True) -> Iterator[Calla
             if signal.SIGTERM in data and not leaving.wait(BLOCKED_GRACE_S if interrupt else 0):
                 # The main thread is stuck in native code: finish from here and end the process.
                 finish(STOP_EXIT_CODE, str(Stopped()))
+                if on_stopped is not None:
+                    try:
+                        on_stopped()
+                    finally:
+                        os._exit(STOP_EXIT_CODE)
                 os._exit(STOP_EXIT_CODE)
 
     watcher = threading.Thread(target=watch, name="flyte-wandb-elastic-stop", daemon=True)

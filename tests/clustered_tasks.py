@@ -25,8 +25,30 @@ _layout = {
 _secret = {k: _config.pop(k) for k in ("api_key_secret", "api_key_secret_group") if k in _config}
 
 env = WandbClusteredTaskEnvironment(name="clustered_env", wandb=WandbOptions(**_config), **_layout, **_secret)
-train = env.task(tasks.train)
-flaky = env.task(tasks.flaky)
-
 plain_env = ClusteredTaskEnvironment(name="plain_clustered_env", **_layout)
-train_decorated = wandb_init(**_config)(plain_env.task(tasks.train))
+
+
+# Defined here, not wrapped from `tests.tasks`: Flyte's resolver loads a task by its function's
+# module and name, as in a pod.
+@env.task
+def train(
+    steps: int = 3,
+    fail_rank: int = -1,
+    fail_step: int = -1,
+    sleep_rank: int = -1,
+    sleep_s: float = 0.0,
+    extra_metrics: int = 0,
+    via_globals: bool = False,
+) -> float:
+    return tasks.train(steps, fail_rank, fail_step, sleep_rank, sleep_s, extra_metrics, via_globals)
+
+
+@env.task
+def flaky(steps: int = 3, fail_rank: int = 1, fail_after_s: float = 2.0) -> int:
+    return tasks.flaky(steps, fail_rank, fail_after_s)
+
+
+@wandb_init(**_config)
+@plain_env.task
+def train_decorated(steps: int = 3, via_globals: bool = False) -> float:
+    return tasks.train(steps, via_globals=via_globals)

@@ -17,9 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from flyteidl2.core import execution_pb2
 from google.protobuf.json_format import MessageToDict
 
-from tests.conftest import Launch, launch, launch_clustered, wait_for_facts, wandb_core_processes
+from flyte_wandb_elastic import read_run_files
+from tests.conftest import Launch, launch, launch_clustered, wait_for_facts, wandb_core_processes, wandb_env
 from tests.serialize import deploy_path_spec, links, serialize
 from tests.test_launch import ONE_NODE, STEPS, TWO_NODES, _check_rows
 
@@ -125,6 +127,26 @@ def test_raising_rank_fails_its_run_and_stops_the_others(tmp_path: Path, run_mod
     # rank 0 returned first, but the job failed: its run must not end as successful either
     assert runs[0].exit_code == 143
     assert [len(runs[r].rows) for r in (0, 1)] == [3, 3]
+    # only rank 0 may write the task's error: stopped by torchrun, it names the rank that failed
+    document = execution_pb2.ErrorDocument.FromString((tmp_path / "out-0" / "error.pb").read_bytes())
+    assert document.error.message == "rank 1 failed: ValueError: rank 1 failed on purpose"
+
+
+def test_run_ranks_locally_runs_the_worker_command_and_reports_rank_0s_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from flyte_wandb_elastic import run_ranks_locally
+
+    for key, value in wandb_env(tmp_path).items():
+        monkeypatch.setenv(key, value)
+    config = {**ONE, "run_mode": "new"}
+    monkeypatch.setenv("CLUSTERED_CONFIG", json.dumps(config))
+    task = clustered_task(config)
+    assert run_ranks_locally(task, run_name="ok", steps=2) == 1.0 + 3.0
+    with pytest.raises(RuntimeError, match="rank 0 failed on purpose"):
+        run_ranks_locally(task, run_name="bad", steps=2, fail_rank=0)
+    runs = {(run.run_id, run.exit_code) for run in read_run_files(tmp_path / "wandb")}
+    assert runs == {("ok-a0-rank-0", 0), ("ok-a0-rank-1", 0), ("bad-a0-rank-0", 1), ("bad-a0-rank-1", 143)}
 
 
 def test_rank_stopped_while_blocked_in_a_collective_finishes_failed(tmp_path: Path) -> None:

@@ -22,6 +22,7 @@ EXAMPLES = {
     "run_per_node.py": [(f"{B}-worker-0", "-"), (f"{B}-worker-1", "-")],
     "distributed_metadata.py": [(f"{B}-rank-0", "-"), (f"{B}-rank-1", "-")],
     "wandb_init_decorator.py": [(f"{B}-rank-0", "-"), (f"{B}-rank-1", "-")],
+    "clustered.py": [(f"{B}-worker-{n}", f"worker-{n}-rank-{r}") for n in range(2) for r in range(2)],
 }
 
 
