@@ -9,13 +9,17 @@ from typing import Any
 import flyte
 import pytest
 
-from flyte_wandb_elastic import WandbElastic, wandb_config, wandb_init
+from flyte_wandb_elastic import WandbClusteredTaskEnvironment, WandbElastic, WandbOptions, wandb_config, wandb_init
 
 BASE: dict[str, Any] = {"nnodes": 1, "nproc_per_node": 2}
 
 
 def elastic(**fields: Any) -> Any:
     return WandbElastic(**{**BASE, **fields})
+
+
+def clustered(**fields: Any) -> Any:
+    return WandbClusteredTaskEnvironment(**{"name": "c", "replicas": 2, "nproc_per_node": 2, **fields})
 
 
 # (entry point, arguments, "field=value" the message must name, what it must say is allowed)
@@ -53,6 +57,13 @@ CASES: list[tuple[Callable[..., Any], dict[str, Any], str, str]] = [
     (elastic, {"monitor_interval": 0}, "monitor_interval=0", "> 0"),
     (elastic, {"rdzv_backend": "tcp"}, "rdzv_backend='tcp'", "'c10d'"),
     (elastic, {"rdzv_configs": "timeout=60"}, "rdzv_configs='timeout=60'", "a dict"),
+    (clustered, {"replicas": 0}, "replicas=0", "an int >= 1"),
+    (clustered, {"replicas": "2"}, "replicas='2'", "an int >= 1"),
+    (clustered, {"nproc_per_node": True}, "nproc_per_node=True", "an int >= 1"),
+    (clustered, {"wandb": {"project": "p"}}, "wandb={'project': 'p'}", "a WandbOptions(...)"),
+    (clustered, {"api_key_secret": ""}, "api_key_secret=''", "the name of a Flyte secret"),
+    (clustered, {"api_key_secret_group": "g"}, "api_key_secret_group='g'", "None unless api_key_secret is set"),
+    (WandbOptions, {"run_mode": "always"}, "run_mode='always'", "'auto' or 'shared' or 'new'"),
     (wandb_init, {"run_mode": "always"}, "run_mode='always'", "'auto' or 'shared' or 'new'"),
     (wandb_init, {"rank_scope": "rack"}, "rank_scope='rack'", "'global' or 'worker'"),
     (wandb_init, {"download_logs": "yes"}, "download_logs='yes'", "True, False or None"),
