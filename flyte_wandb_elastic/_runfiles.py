@@ -100,6 +100,28 @@ class RunFile:
         """The user metrics of the last row (keys starting with `_` left out)."""
         return {k: v for k, v in (self.rows[-1] if self.rows else {}).items() if not k.startswith("_")}
 
+    @property
+    def run_dir(self) -> str:
+        """The name of the run's directory (it holds the start time: runs of several jobs differ)."""
+        return self.path.parent.name
+
+    def as_dict(self) -> dict[str, Any]:
+        """This run file as plain JSON-serializable data (the inspector's `--json` output)."""
+        return {
+            "run_id": self.run_id,
+            "project": self.project,
+            "group": self.group,
+            "label": self.label,
+            "primary": self.primary,
+            "steps": len(self.rows),
+            "exit_code": self.exit_code,
+            "run_dir": self.run_dir,
+            "path": str(self.path),
+            "last_metrics": self.last_metrics,
+            "summary": self.summary,
+            "config": self.config,
+        }
+
 
 def read_run_file(path: str | Path) -> RunFile:
     """Read one `.wandb` file into a `RunFile`."""
@@ -138,19 +160,22 @@ def read_run_files(root: str | Path) -> list[RunFile]:
 
 
 def format_table(runs: list[RunFile]) -> str:
-    """One row per run file: id, group, label, primary, steps, last metrics, exit code."""
-    header = ("run id", "group", "label", "primary", "steps", "exit", "last metrics")
+    """One row per run file: id, project, group, label, primary, steps, exit code, run directory
+    and last metrics, sorted by run id, label and directory."""
+    header = ("run id", "project", "group", "label", "primary", "steps", "exit", "run dir", "last metrics")
     rows = [
         (
             r.run_id,
+            r.project or "-",
             r.group or "-",
             r.label or "-",
             "yes" if r.primary else "no",
             str(len(r.rows)),
             "-" if r.exit_code is None else str(r.exit_code),
+            r.run_dir,
             ", ".join(f"{k}={_short(v)}" for k, v in sorted(r.last_metrics.items())) or "-",
         )
-        for r in sorted(runs, key=lambda r: (r.run_id, r.label))
+        for r in sorted(runs, key=lambda r: (r.run_id, r.label, r.run_dir))
     ]
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in [header, *rows]]

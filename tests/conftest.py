@@ -235,6 +235,26 @@ def launch_clustered(
     return Launch(outcomes=outcomes, runs=read_run_files(tmp / "wandb"), facts=facts, logs=logs, wall_s=wall_s)
 
 
+def assert_agrees_with_wandb_reader(runs: list[RunFile]) -> None:
+    """Each run file reads the same through W&B's own reader (`wandb leet inspect`, in Go) as ours:
+    run id, exit code, number of steps and last metrics."""
+    wandb_cli = Path(sys.executable).parent / "wandb"
+    for run in runs:
+        out = subprocess.run(
+            [str(wandb_cli), "leet", "inspect", "--summary", "--json", str(run.path)],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=60,
+        ).stdout
+        theirs = json.loads(out)
+        assert (theirs["run_id"], theirs["exit_code"]) == (run.run_id, run.exit_code), run.path
+        assert theirs["step"] == run.rows[-1]["_step"] and len(run.rows) == run.rows[-1]["_step"] + 1, run.path
+        # W&B's summary holds each metric's last value; every row here logs the same metrics
+        summary = {k: v for k, v in theirs["summary"].items() if not k.startswith("_") and k != "flyte_error"}
+        assert summary == pytest.approx(run.last_metrics), run.path
+
+
 @pytest.fixture
 def wandb_offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Offline W&B in this process, writing under a fresh temporary directory."""

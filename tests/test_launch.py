@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Launch, launch
+from tests.conftest import Launch, assert_agrees_with_wandb_reader, launch
 from tests.serialize import links, serialize
 from tests.tasks import make_task
 
@@ -50,6 +50,7 @@ TWO_NODES = {
 
 
 def _check_rows(launch_result, world_size: int) -> None:
+    assert_agrees_with_wandb_reader(launch_result.runs)
     for run in launch_result.runs:
         assert run.exit_code == 0, run
         assert [row["_step"] for row in run.rows] == list(range(STEPS))

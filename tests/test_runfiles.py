@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +11,7 @@ import pytest
 import wandb
 
 from flyte_wandb_elastic._runfiles import find_run_files, format_table, iter_records, read_run_file
+from tests.conftest import assert_agrees_with_wandb_reader
 
 ROWS = 2000  # enough rows for the file to span several 32 KiB blocks
 
@@ -72,8 +74,30 @@ def test_inspect_command_prints_one_row_per_run_file(run_file: Path, wandb_offli
     ).stdout
     assert out == format_table([read_run_file(run_file)]) + "\n"
     header, row = out.splitlines()
-    assert header.split() == ["run", "id", "group", "label", "primary", "steps", "exit", "last", "metrics"]
-    assert row.split()[:6] == ["reader-test", "g", "-", "yes", str(ROWS), "3"]
+    assert header.split() == [
+        *("run", "id", "project", "group", "label", "primary", "steps", "exit", "run", "dir", "last", "metrics")
+    ]
+    assert row.split()[:8] == ["reader-test", "p", "g", "-", "yes", str(ROWS), "3", run_file.parent.name]
+
+
+def test_inspect_command_json_agrees_with_wandbs_own_reader(run_file: Path, wandb_offline: Path) -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "flyte_wandb_elastic", "inspect", "--json", str(wandb_offline)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    [run] = json.loads(out)
+    assert {k: run[k] for k in ("run_id", "project", "group", "primary", "steps", "exit_code")} == {
+        "run_id": "reader-test",
+        "project": "p",
+        "group": "g",
+        "primary": True,
+        "steps": ROWS,
+        "exit_code": 3,
+    }
+    assert (run["run_dir"], run["config"]["lr"]) == (run_file.parent.name, 0.5)
+    assert_agrees_with_wandb_reader([read_run_file(run_file)])
 
 
 def test_inspect_command_fails_on_an_empty_directory(tmp_path: Path) -> None:
