@@ -110,7 +110,14 @@ def run_ranks_locally(
         if nnodes == 1:
             return execute_node(task, contexts[0], inputs)
         saved = os.environ.get("PET_RDZV_ENDPOINT")
-        os.environ["PET_RDZV_ENDPOINT"] = f"127.0.0.1:{_free_port()}"
+        port = _free_port()
+        os.environ["PET_RDZV_ENDPOINT"] = f"127.0.0.1:{port}"
+        # This process hosts the rendezvous store until every node has shut down: a node that
+        # hosted it would close it on exit, under a peer still shutting its rendezvous down (a
+        # harmless error, printed with a C++ stack trace after every successful job).
+        from torch.distributed import TCPStore
+
+        store = TCPStore("127.0.0.1", port, is_master=True, multi_tenant=True, wait_for_workers=False)
         spawn = multiprocessing.get_context("spawn")
         others = [
             spawn.Process(target=_node_main, args=(_locate(task), contexts[n], dict(inputs)), daemon=False)
@@ -123,6 +130,7 @@ def run_ranks_locally(
         finally:
             for proc in others:
                 proc.join()
+            del store
             if saved is None:
                 os.environ.pop("PET_RDZV_ENDPOINT", None)
             else:

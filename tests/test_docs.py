@@ -59,3 +59,27 @@ def test_local_runs_page_program_is_the_run_per_node_example() -> None:
     example = (REPO / "examples" / "run_per_node.py").read_text()
     for line in ('rank_scope="worker"', "run = get_wandb_run()", 'dist.init_process_group("gloo")'):
         assert line in page_code.group(1) and line in example
+
+
+def test_behaviour_pictures_are_the_planners() -> None:
+    from flyte_wandb_elastic._diagram import behaviour_diagrams
+
+    page = (REPO / "docs" / "behaviour.md").read_text()
+    drawn = page.split("<!-- diagrams:start -->\n", 1)[1].split("\n<!-- diagrams:end -->", 1)[0]
+    assert drawn == behaviour_diagrams(), "regenerate with flyte_wandb_elastic._diagram.behaviour_diagrams()"
+
+
+def test_layout_command_draws_a_job(capsys: pytest.CaptureFixture[str]) -> None:
+    from flyte_wandb_elastic.__main__ import main
+
+    assert (
+        main(["layout", "--run-mode", "shared", "--rank-scope", "worker", "--nodes", "2", "--nproc-per-node", "1"]) == 0
+    )
+    assert capsys.readouterr().out.splitlines() == [
+        "shared / worker, 2 x 1 ranks",
+        "  node 0  rank 0  --> base-worker-0  label worker-0-rank-0  primary",
+        "  node 1  rank 1  --> base-worker-1  label worker-1-rank-0  primary",
+        "  2 runs:",
+        "    base-worker-0",
+        "    base-worker-1",
+    ]
