@@ -28,7 +28,8 @@ EXAMPLES = {
 
 def test_every_example_is_tested() -> None:
     on_disk = {p.name for p in (REPO / "examples").glob("*.py") if not p.name.startswith("_")}
-    assert on_disk == set(EXAMPLES)
+    # cluster.py needs a cluster: tests/test_cluster_example.py serializes its tasks instead
+    assert on_disk == {*EXAMPLES, "cluster.py"}
 
 
 @pytest.mark.parametrize("name", list(EXAMPLES))
