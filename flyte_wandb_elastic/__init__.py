@@ -5,12 +5,27 @@ from importlib.metadata import PackageNotFoundError, version
 from ._clustered import WandbClusteredTask, WandbClusteredTaskEnvironment
 from ._config import WandbElastic
 from ._decorator import wandb_init
+from ._downloads import (
+    download_wandb_run_dir,
+    download_wandb_run_logs,
+    download_wandb_sweep_dirs,
+    download_wandb_sweep_logs,
+)
 from ._elastic import WandbElasticTask
 from ._hooks import get_distributed_info, get_wandb_run
-from ._links import Wandb
+from ._links import Wandb, WandbSweep
 from ._local import run_ranks_locally
 from ._options import WandbOptions, wandb_config
+from ._run_context import (
+    WandbContext,
+    get_wandb_context,
+    get_wandb_run_dir,
+    get_wandb_sweep_context,
+    get_wandb_sweep_id,
+)
 from ._runfiles import RunFile, format_table, read_run_file, read_run_files
+from ._sweep import wandb_sweep
+from ._sweep_options import WandbSweepOptions, wandb_sweep_config
 
 try:
     __version__ = version("flyte-wandb-elastic")
@@ -22,16 +37,29 @@ __all__ = [
     "Wandb",
     "WandbClusteredTask",
     "WandbClusteredTaskEnvironment",
+    "WandbContext",
     "WandbElastic",
     "WandbElasticTask",
     "WandbOptions",
+    "WandbSweep",
+    "WandbSweepOptions",
     "__version__",
+    "download_wandb_run_dir",
+    "download_wandb_run_logs",
+    "download_wandb_sweep_dirs",
+    "download_wandb_sweep_logs",
     "format_table",
     "get_distributed_info",
+    "get_wandb_context",
     "get_wandb_run",
+    "get_wandb_run_dir",
+    "get_wandb_sweep_context",
+    "get_wandb_sweep_id",
     "read_run_file",
     "read_run_files",
     "run_ranks_locally",
     "wandb_config",
     "wandb_init",
+    "wandb_sweep",
+    "wandb_sweep_config",
 ]

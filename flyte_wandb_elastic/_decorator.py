@@ -29,21 +29,22 @@ from flyteplugins.pytorch.task import TorchFunctionTask
 
 from ._clustered import with_wandb
 from ._config import WandbElastic
+from ._downloads import download_wandb_run_logs
 from ._hooks import RankHooks, get_wandb_run
 from ._links import Wandb, links_for
 from ._options import RankScope, RunMode, WandbOptions, invalid
+from ._run_context import get_wandb_context
 
 T = TypeVar("T")
 
 
 @overload
-def wandb_init(_func: T, /) -> T: ...
+def wandb_init(_func: T) -> T: ...
 
 
 @overload
 def wandb_init(
     _func: None = None,
-    /,
     *,
     run_mode: RunMode | None = None,
     rank_scope: RankScope | None = None,
@@ -56,7 +57,6 @@ def wandb_init(
 
 def wandb_init(
     _func: Any = None,
-    /,
     *,
     run_mode: RunMode | None = None,
     rank_scope: RankScope | None = None,
@@ -72,8 +72,10 @@ def wandb_init(
     Args:
         run_mode: `"auto"`, `"shared"` or `"new"`; see the behaviour matrix.
         rank_scope: `"global"` or `"worker"`.
-        download_logs: Not supported on distributed tasks (a warning says so); accepted elsewhere
-            for compatibility and otherwise ignored.
+        download_logs: On a non-distributed task, download the run's files after the task
+            (`download_wandb_run_logs`, a traced step; it needs a W&B server); `None` follows
+            `wandb_config(download_logs=...)`. Not supported on distributed tasks (a warning
+            says so, as upstream's); ignored on plain functions.
         project: W&B project.
         entity: W&B entity.
         **kwargs: Any other `wandb.init` keyword (`id`, `name`, `group`, `tags`, `config`, `mode`, ...).
@@ -83,7 +85,8 @@ def wandb_init(
 
     Raises:
         ValueError: An argument is invalid.
-        TypeError: It is placed under `@env.task`, or the Elastic task function is async.
+        TypeError: It is placed under `@env.task`, or the Elastic task function is async, or, on a
+            distributed task, above another wrapping decorator such as `@wandb_sweep`.
     """
     if download_logs is not None and not isinstance(download_logs, bool):
         raise invalid("download_logs", download_logs, "True, False or None")
@@ -100,13 +103,19 @@ def wandb_init(
                 UserWarning,
                 stacklevel=3,
             )
+        if distributed and "execute" in vars(target):
+            # Its plugin config is replaced here, which would drop the other decorator's wrapper.
+            raise TypeError(
+                f"@wandb_init is above another decorator that wraps task {target.name!r} (e.g. @wandb_sweep): on "
+                "a distributed task, place @wandb_init directly above @env.task and the other decorator above it."
+            )
         if isinstance(target, TorchFunctionTask):
             return _on_elastic_task(target, options)
         if isinstance(target, ClusteredTaskTemplate):
             overridden = target.override(plugin_config=with_wandb(target.plugin_config, options))
             return _replace_in_env(target, cast(AsyncFunctionTaskTemplate, overridden))
         if isinstance(target, AsyncFunctionTaskTemplate):
-            return _on_task(target, options)
+            return _on_task(target, options, download_logs)
         if callable(target):
             _check_outermost(target)
             return _on_function(target, options)
@@ -127,17 +136,22 @@ def _on_elastic_task(task: TorchFunctionTask, options: WandbOptions) -> TorchFun
     return _replace_in_env(task, task.override(plugin_config=new_config))
 
 
-def _on_task(task: AsyncFunctionTaskTemplate, options: WandbOptions) -> AsyncFunctionTaskTemplate:
+def _on_task(
+    task: AsyncFunctionTaskTemplate, options: WandbOptions, download_logs: bool | None
+) -> AsyncFunctionTaskTemplate:
+    execute = task.execute  # before `override`, which drops an `execute` another decorator set
     kept = tuple(link for link in task.links if not isinstance(link, Wandb))
     overridden = cast(AsyncFunctionTaskTemplate, task.override(links=(*kept, *links_for(options, 1, 1, 1))))
     new_task = _replace_in_env(task, overridden)
     hooks = RankHooks(task.func, options)
-    execute = new_task.execute
 
     # Runs in the task's own process, around the whole task.
     async def execute_with_run(*args: Any, **kwargs: Any) -> Any:
-        with hooks.session():
-            return await execute(*args, **kwargs)
+        with hooks.session() as run:
+            result = await execute(*args, **kwargs)
+        if run is not None and _downloads_logs(download_logs):
+            await download_wandb_run_logs(run.id)
+        return result
 
     new_task.execute = execute_with_run  # type: ignore[method-assign]
     return new_task
@@ -164,6 +178,14 @@ def _on_function(func: Callable[..., Any], options: WandbOptions) -> Callable[..
             return func(*args, **kwargs)
 
     return wrapper
+
+
+def _downloads_logs(download_logs: bool | None) -> bool:
+    """The decorator's `download_logs`, else the run context's (`wandb_config(download_logs=...)`)."""
+    if download_logs is not None:
+        return download_logs
+    context = get_wandb_context()
+    return bool(context and context.download_logs)
 
 
 def _replace_in_env(old: AsyncFunctionTaskTemplate, new: AsyncFunctionTaskTemplate) -> AsyncFunctionTaskTemplate:

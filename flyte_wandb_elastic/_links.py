@@ -7,12 +7,13 @@ backend substitutes.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
-from ._options import PARENT_RUN_KEY, WandbOptions
+from ._options import PARENT_RUN_KEY, RankScope, RunMode, WandbOptions, from_context
 from ._planner import plan_rank
+from ._sweep_options import SWEEP_ID_KEY, WandbSweepOptions, sweep_from_context
 from ._topology import Topology
 
 DEFAULT_HOST = "https://wandb.ai"
@@ -29,23 +30,61 @@ class Wandb:
     """A Flyte console link to the W&B run (or group of runs) that one scope of a task writes.
 
     `links_for` builds these for a task; the URL comes from the planner, so it names exactly the
-    run or group that the ranks write.
+    run or group that the ranks write. The first fields are upstream's, so a link declared by hand
+    as upstream's (`Wandb(project=..., entity=...)`) works too: a field left at its default counts
+    as unset, and the run context fills it.
 
     Attributes:
-        options: The task's declared W&B options; the run context fills the unset ones.
+        host: W&B base URL.
+        project: W&B project.
+        entity: W&B entity.
+        run_mode: `"auto"`, `"shared"` or `"new"`.
+        rank_scope: `"global"` or `"worker"`.
+        id: Run id that replaces the `{flyte run}-{action}` base id.
+        name: The link's label in the Flyte console.
+        _is_distributed: Upstream's flag for a task of more than one rank.
+        _worker_index: Upstream's node index, for a per-node link of a multi-node task.
+        options: The task's declared W&B options (the fields above win over them); the run
+            context fills the unset ones.
         max_nodes: The most nodes the task's `nnodes` allows.
         nproc_per_node: Ranks per node.
         node: For per-node runs (`rank_scope="worker"` on several nodes), the node linked to.
-        name: The link's label in the Flyte console.
         icon_uri: The link's icon.
     """
 
-    options: WandbOptions
+    host: str = DEFAULT_HOST
+    project: str | None = None
+    entity: str | None = None
+    run_mode: RunMode = "auto"
+    rank_scope: RankScope = "global"
+    id: str | None = None
+    name: str = "Weights & Biases"
+    _is_distributed: bool = False
+    _worker_index: int | None = None
+    options: WandbOptions = field(default_factory=WandbOptions)
     max_nodes: int = 1
     nproc_per_node: int = 1
     node: int = 0
-    name: str = "Weights & Biases"
     icon_uri: str | None = _ICON
+
+    def __post_init__(self) -> None:
+        self.declared()  # invalid fields fail here, where the link is written
+
+    def declared(self) -> WandbOptions:
+        """The link's own fields over `options` (fields at their defaults count as unset).
+
+        Raises:
+            ValueError: A field is invalid.
+        """
+        own = WandbOptions(
+            project=self.project,
+            entity=self.entity,
+            host=None if self.host == DEFAULT_HOST else self.host,
+            run_mode=None if self.run_mode == "auto" else self.run_mode,
+            rank_scope=None if self.rank_scope == "global" else self.rank_scope,
+            id=self.id,
+        )
+        return own.filled_from(self.options)
 
     def get_link(
         self,
@@ -63,21 +102,84 @@ class Wandb:
         Without a known entity and project the URL is the W&B home page (or the entity's page),
         which always exists; set `entity` and `project` on `WandbElastic` or in `wandb_config`.
         """
-        options = self.options.resolved(context)
+        options = self.declared().resolved(context)
         host = (options.host or DEFAULT_HOST).rstrip("/")
         if not options.entity:
             return f"{host}/home"
         if not options.project:
             return f"{host}/{_part(options.entity)}"
+        max_nodes, nproc_per_node, node = self.max_nodes, self.nproc_per_node, self.node
+        if self._worker_index is not None:  # upstream's link to one node of a multi-node task
+            node, max_nodes = self._worker_index, max(max_nodes, self._worker_index + 1, 2)
+        if self._is_distributed and max_nodes * nproc_per_node == 1:
+            nproc_per_node = 2  # upstream's flag only says "several ranks": any count links the same
         # The first rank of the linked node: the primary of its scope in every mode. Without
         # worker scope (e.g. the run context changed it) there is one scope, led by node 0.
-        node = self.node if options.rank_scope == "worker" else 0
-        topology = Topology.in_job(node * self.nproc_per_node, self.max_nodes, self.nproc_per_node)
-        plan = plan_rank(options, topology, run_name, action_name, self.max_nodes, context.get(PARENT_RUN_KEY))
+        node = node if options.rank_scope == "worker" else 0
+        topology = Topology.in_job(node * nproc_per_node, max_nodes, nproc_per_node)
+        plan = plan_rank(options, topology, run_name, action_name, max_nodes, (context or {}).get(PARENT_RUN_KEY))
         page = f"{host}/{_part(options.entity)}/{_part(options.project)}"
         if options.run_mode == "new" and plan.group:
             return f"{page}/groups/{_part(plan.group)}"
         return f"{page}/runs/{_part(plan.run_id or '')}"
+
+
+@dataclass
+class WandbSweep:
+    """A Flyte console link to the W&B sweep that a `@wandb_sweep` task creates (or joins).
+
+    Fields left unset are read from the run context: the sweep id the task published, the
+    project and entity of `wandb_sweep_config` (where `@wandb_sweep` creates the sweep), else of
+    `wandb_config`. Before the sweep exists, the link is the project's sweeps page.
+
+    Attributes:
+        host: W&B base URL (unset at its default: `wandb_config(host=...)` then applies).
+        project: W&B project of the sweep.
+        entity: W&B entity of the sweep.
+        id: Sweep id.
+        name: The link's label in the Flyte console.
+        icon_uri: The link's icon.
+    """
+
+    host: str = DEFAULT_HOST
+    project: str | None = None
+    entity: str | None = None
+    id: str | None = None
+    name: str = "Weights & Biases Sweep"
+    icon_uri: str | None = _ICON
+
+    def __post_init__(self) -> None:
+        # The same checks as the run options' fields of the same names.
+        WandbOptions(project=self.project, entity=self.entity, id=self.id, host=self.host)
+
+    def get_link(
+        self,
+        run_name: str,
+        project: str,
+        domain: str,
+        context: dict[str, str],
+        parent_action_name: str,
+        action_name: str,
+        pod_name: str,
+        **kwargs: Any,
+    ) -> str:
+        """The URL of the sweep, else of the project's sweeps page.
+
+        Without a known entity and project the URL is the W&B home page (or the entity's page).
+        """
+        context = context or {}
+        options = from_context(context)
+        sweep = sweep_from_context(context) or WandbSweepOptions()
+        host = (self.host if self.host != DEFAULT_HOST else options.host or DEFAULT_HOST).rstrip("/")
+        entity = self.entity or sweep.entity or options.entity
+        wandb_project = self.project or sweep.project or options.project
+        if not entity:
+            return f"{host}/home"
+        if not wandb_project:
+            return f"{host}/{_part(entity)}"
+        page = f"{host}/{_part(entity)}/{_part(wandb_project)}/sweeps"
+        sweep_id = self.id or context.get(SWEEP_ID_KEY)
+        return f"{page}/{_part(sweep_id)}" if sweep_id else page
 
 
 def links_for(options: WandbOptions, min_nodes: int, max_nodes: int, nproc_per_node: int) -> tuple[Wandb, ...]:
@@ -91,7 +193,13 @@ def links_for(options: WandbOptions, min_nodes: int, max_nodes: int, nproc_per_n
     """
     if options.rank_scope == "worker" and max_nodes > 1:
         return tuple(
-            Wandb(options, max_nodes, nproc_per_node, node=i, name=f"Weights & Biases Worker {i}")
+            Wandb(
+                options=options,
+                max_nodes=max_nodes,
+                nproc_per_node=nproc_per_node,
+                node=i,
+                name=f"Weights & Biases Worker {i}",
+            )
             for i in range(min_nodes)
         )
-    return (Wandb(options, max_nodes, nproc_per_node),)
+    return (Wandb(options=options, max_nodes=max_nodes, nproc_per_node=nproc_per_node),)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal, get_args
 
@@ -159,6 +160,27 @@ def _check_choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
         raise invalid(name, value, " or ".join(repr(a) for a in allowed))
 
 
+class ContextKeys(dict[str, str]):
+    """Run-context keys (a plain `dict` of strings) that also work as a context manager.
+
+    As upstream's: pass them to `flyte.with_runcontext(custom_context=...)` for a whole run, or,
+    inside a task, `with wandb_config(...):` sets them for the tasks called in the block.
+    """
+
+    _active: list[AbstractContextManager[None]]
+
+    def __enter__(self) -> ContextKeys:
+        import flyte
+
+        manager = flyte.custom_context(**self)
+        manager.__enter__()
+        self.__dict__.setdefault("_active", []).append(manager)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._active.pop().__exit__(*exc)
+
+
 def wandb_config(
     project: str | None = None,
     entity: str | None = None,
@@ -169,15 +191,17 @@ def wandb_config(
     config: dict[str, Any] | None = None,
     mode: Mode | None = None,
     group: str | None = None,
-    run_mode: RunMode | None = None,
-    rank_scope: RankScope | None = None,
+    run_mode: RunMode | None = "auto",
+    rank_scope: RankScope | None = "global",
     download_logs: bool = False,
     **kwargs: Any,
-) -> dict[str, str]:
+) -> ContextKeys:
     """W&B settings for a whole Flyte run, written as the upstream `wandb_*` context keys.
 
-    Use as `flyte.with_runcontext(custom_context=wandb_config(project="p")).run(task)`. Fields set
-    on `WandbElastic` win; these fill the fields left unset there.
+    Use as `flyte.with_runcontext(custom_context=wandb_config(project="p")).run(task)`, or inside
+    a task as `with wandb_config(...):` for the tasks it calls. Fields set on `WandbElastic` (or
+    the decorator) win; these fill the fields left unset there, so the `"auto"`/`"global"`
+    defaults, written as upstream writes them, change nothing.
 
     Args:
         project: W&B project.
@@ -191,11 +215,12 @@ def wandb_config(
         group: W&B group.
         run_mode: `"auto"`, `"shared"` or `"new"`.
         rank_scope: `"global"` or `"worker"`.
-        download_logs: Accepted for compatibility with the upstream keys.
+        download_logs: Whether `@wandb_init` on a non-distributed task downloads the run's files
+            after the task (see `download_wandb_run_logs`); distributed tasks never download.
         **kwargs: Other `wandb.init` keyword arguments.
 
     Returns:
-        A dict of `wandb_*` string keys.
+        A dict of `wandb_*` string keys (usable as a context manager).
 
     Raises:
         ValueError: A field is invalid; the message names it, the value and what is allowed.
@@ -216,7 +241,7 @@ def wandb_config(
         rank_scope=rank_scope,
         **kwargs,
     )
-    return to_context(options, download_logs=download_logs)
+    return ContextKeys(to_context(options, download_logs=download_logs))
 
 
 def to_context(options: WandbOptions, download_logs: bool = False) -> dict[str, str]:

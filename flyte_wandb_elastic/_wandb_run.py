@@ -1,4 +1,4 @@
-"""The only module that imports `wandb`: opening and finishing one rank's run.
+"""Opening and finishing one rank's run: with `_wandb_server` (sweeps, downloads), the only modules that call `wandb`.
 
 It is imported lazily, by ranks that open a run, so ranks that don't log never import wandb.
 """

@@ -37,11 +37,12 @@ def test_declared_fields_win_and_context_fills_the_rest() -> None:
     declared = WandbElastic(nnodes=1, nproc_per_node=2, project="declared", init_kwargs={"save_code": False})
     context = wandb_config(project="ctx", entity="team", run_mode="new", save_code=True, resume="allow")
     options = declared.resolved(context)
+    # wandb_config writes upstream's defaults (rank_scope="global") as upstream does
     assert (options.project, options.entity, options.run_mode, options.rank_scope) == (
         "declared",
         "team",
         "new",
-        None,
+        "global",
     )
     assert options.init_kwargs == {"save_code": False, "resume": "allow"}
 
