@@ -23,6 +23,7 @@ from ._job_end import report_failure, report_return
 from ._node_service import first_rank_service, join_node_service
 from ._options import PARENT_RUN_KEY, WandbOptions
 from ._planner import plan_rank, system_metrics
+from ._rank_run import RankRun
 from ._shutdown import STOP_EXIT_CODE, FinishOnce, Stopped, finish_on_stop
 from ._topology import Topology
 
@@ -78,8 +79,8 @@ class RankHooks:
         """
         ctx = flyte.ctx() or None  # outside a task, flyte.ctx() is a falsy stand-in
         topology = Topology.from_env(os.environ)
-        run, owned = self.pre_execute(ctx, topology)
-        if not owned:  # no run, or the parent's: nothing to finish here
+        run, rank_run = self.pre_execute(ctx, topology)
+        if rank_run is None:  # no run, or the parent's: nothing to finish here
             try:
                 with self._published(ctx, run):
                     yield run
@@ -88,9 +89,7 @@ class RankHooks:
                 raise
             report_return(topology, wait=False)
             return
-        from . import _wandb_run
-
-        finish = FinishOnce(functools.partial(_wandb_run.finish_run, run))
+        finish = FinishOnce(functools.partial(_finish, rank_run, run))
         error: BaseException | None = None
         with self._published(ctx, run), finish_on_stop(finish, interrupt, on_stopped) as finishing:
             try:
@@ -102,12 +101,14 @@ class RankHooks:
             finally:
                 finishing()
                 self.post_execute(finish, error, topology)
+        rank_run.raise_if_failed()  # on_init_failure="raise": the rank fails, if nothing else did
 
-    def pre_execute(self, ctx: Any, topology: Topology) -> tuple[Any, bool]:
-        """Open this rank's run if the plan says so.
+    def pre_execute(self, ctx: Any, topology: Topology) -> tuple[Any, RankRun | None]:
+        """Start opening this rank's run if the plan says so (in the background by default).
 
         Returns:
-            The run (or `None`) and whether this hook owns it (and so finishes it).
+            What `get_wandb_run()` answers (the run, a `RankRun` still opening, or `None`), and
+            the `RankRun` this hook owns and so finishes (`None` for no run, or the parent's).
         """
         context = ctx.custom_context if ctx else {}
         options = self.options.resolved(context)
@@ -115,14 +116,10 @@ class RankHooks:
         run_name, action_name = (action.run_name or "", action.name) if action else (None, "")
         plan = plan_rank(options, topology, run_name, action_name, self.max_nodes, context.get(PARENT_RUN_KEY))
         if not plan.opens_run:
-            return None, False
+            return None, None
         live = _current_run.get()
         if live is not None and live.id == plan.run_id:
-            return live, False  # the parent's run, open in this same process (a local run)
-        # before wandb starts a service of its own
-        first_rank_service() if self.start_node_service else join_node_service()
-        from . import _wandb_run  # imported only by ranks that log
-
+            return live, None  # the parent's run, open in this same process (a local run)
         attempt = int(os.environ.get("FLYTE_ATTEMPT_NUMBER", "0"))
         meta = None
         if action is not None:
@@ -143,7 +140,40 @@ class RankHooks:
                 meta.update(pod_index=topology.pod_index, jobset_restart_attempt=topology.job_restart_attempt)
         resuming = topology.restarted or attempt > 0
         stats = system_metrics(plan, topology, options.run_mode, _gpus_visible())
-        return _wandb_run.open_run(plan, options, meta, resuming, stats), True
+        background = not options.blocking_init
+        # Where the user's code imported wandb already, its globals are this run's from the
+        # function's first line (and cost nothing more to set); otherwise the opening thread sets
+        # them as soon as it has imported wandb.
+        globals_now = background and "wandb" in sys.modules
+        start_node_service = self.start_node_service
+
+        def opener(rank_run: RankRun) -> Any:
+            # before wandb starts a service of its own
+            first_rank_service() if start_node_service else join_node_service()
+            from . import _wandb_run  # imported only by ranks that log, and off the training thread
+
+            if background and not globals_now:
+                _wandb_run.make_global(rank_run)
+            run = _wandb_run.open_run(plan, options, meta, resuming, stats)
+            if background:
+                _wandb_run.open_globals(rank_run, run)
+            return run
+
+        known = {"id": plan.run_id, "group": plan.group, "project": options.project, "entity": options.entity}
+        rank_run = RankRun(opener, {**known, "name": options.name})
+        if not background:
+            rank_run.open()
+            run = rank_run.wandb_run()  # a plain wandb.Run; raises when opening failed
+            from . import _wandb_run
+
+            _wandb_run.make_global(run)
+            return run, rank_run
+        if globals_now:
+            from . import _wandb_run
+
+            _wandb_run.make_global(rank_run)
+        rank_run.start()
+        return rank_run, rank_run
 
     def post_execute(self, finish: FinishOnce, error: BaseException | None, topology: Topology) -> None:
         """Finish the run: exit code 0, 1 when the function raised, 143 when the rank was stopped.
@@ -175,6 +205,23 @@ class RankHooks:
                 ctx.custom_context.pop(PARENT_RUN_KEY, None)
             elif publish:
                 ctx.custom_context[PARENT_RUN_KEY] = saved_parent
+
+
+def _finish(rank_run: RankRun, published: Any, exit_code: int, error: str | None) -> None:
+    """Finish the run once every queued call is written, then hand W&B's globals back."""
+
+    def finish(run: Any) -> None:
+        from . import _wandb_run
+
+        _wandb_run.finish_run(run, exit_code, error)
+
+    try:
+        rank_run.finish_when_open(finish)
+    finally:
+        if "wandb" in sys.modules:  # the globals were set only if wandb was imported
+            from . import _wandb_run
+
+            _wandb_run.restore_global(published)
 
 
 def _gpus_visible() -> bool:

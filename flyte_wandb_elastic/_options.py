@@ -28,7 +28,9 @@ CONTEXT_PREFIX = "wandb_"
 # Run-context key through which a task passes its run id to the tasks it calls (as upstream).
 PARENT_RUN_KEY = "_wandb_run_id"
 # Context fields stored as JSON (the rest are plain strings).
-_JSON_FIELDS = frozenset({"tags", "config", "download_logs", "kwargs", "flush_interval", "init_timeout"})
+_JSON_FIELDS = frozenset(
+    {"tags", "config", "download_logs", "kwargs", "flush_interval", "init_timeout", "blocking_init"}
+)
 # `wandb.init` arguments that the options own; `init_kwargs` must not repeat them.
 _OWNED_INIT_ARGS = frozenset({"project", "entity", "id", "name", "group", "tags", "config", "notes", "job_type"})
 
@@ -68,6 +70,10 @@ class WandbOptions:
         on_init_failure: When `wandb.init` fails on a rank (server unreachable, key rejected,
             timeout): `"offline"` (default) logs that rank offline and warns with the command that
             uploads it later; `"raise"` fails the rank.
+        blocking_init: `False` (default): the run opens in the background and the function starts
+            at once; what it logs before W&B is ready is queued and written in order. `True`:
+            each logging rank waits for `wandb.init` before the function starts (with
+            `on_init_failure="raise"`, the rank then fails before training, not at its end).
     """
 
     project: str | None = None
@@ -87,8 +93,11 @@ class WandbOptions:
     flush_interval: float | None = None
     init_timeout: float | None = None
     on_init_failure: OnInitFailure | None = None
+    blocking_init: bool | None = None
 
     def __post_init__(self) -> None:
+        if self.blocking_init is not None and not isinstance(self.blocking_init, bool):
+            raise invalid("blocking_init", self.blocking_init, "True, False or None")
         _check_choice("on_init_failure", self.on_init_failure, ON_INIT_FAILURE)
         for name in ("flush_interval", "init_timeout"):
             value = getattr(self, name)

@@ -108,7 +108,7 @@ def open_run(
     }
     started = time.time()
     try:
-        return _made_global(wandb.init(settings=wandb.Settings(**settings), **init_kwargs))
+        return wandb.init(settings=wandb.Settings(**settings), **init_kwargs)
     except Exception as exc:
         if options.on_init_failure == "raise" or kwargs.get("mode") in ("offline", "disabled"):
             raise
@@ -116,6 +116,7 @@ def open_run(
     # The failed attempt still holds the run id in the W&B service (the node's shared one, or this
     # process's), and left a local directory that holds nothing and was never uploaded: start a
     # service of this rank's own, without that directory.
+    _send_no_telemetry()
     os.environ.pop(wandb_env.SERVICE, None)
     wandb.teardown()
     if plan.run_id:
@@ -132,31 +133,122 @@ def open_run(
         run.settings.sync_dir,
         run.settings.sync_dir,
     )
-    return _made_global(run)
+    return run
 
 
-# The run that was W&B's global run before each open run took its place, restored on finish.
+# The run that was W&B's global run before each rank run took its place, restored on finish.
 _previous_global: dict[int, Any] = {}
+# W&B's module-level functions that `wandb.init` points at the run's methods.
+_RUN_FUNCTIONS = (
+    "save",
+    "use_artifact",
+    "log_artifact",
+    "alert",
+    "watch",
+    "unwatch",
+    "mark_preempting",
+    "log_model",
+    "use_model",
+    "link_model",
+)
 
 
-def _made_global(run: Any) -> Any:
+def make_global(run: Any) -> None:
     """Make `run` W&B's global run (`wandb.run`, `wandb.log`, `wandb.config`, ...), as a plain init does.
 
     Runs are opened with `reinit="create_new"` so that a task called in the same process gets a
     run of its own; that setting leaves the globals unset, which upstream-style code needs.
+
+    `run` may be a `RankRun` still opening: `wandb.run`, `wandb.log` and `wandb.define_metric`
+    are then its own (logging is queued), and the rest wait for the run; `open_globals` points them
+    at the run once it is open.
     """
     _previous_global[id(run)] = wandb.run
-    _set_global_run(run)
-    return run
+    if isinstance(run, wandb.Run):
+        _set_global_run(run)
+        return
+    wandb_module.set_global(
+        run=run,
+        log=run.log,
+        define_metric=run.define_metric,
+        config=_Waiting(run, "config"),
+        summary=_Waiting(run, "summary"),
+        **{name: _waiting_call(run, name) for name in _RUN_FUNCTIONS},
+    )
 
 
-def _restore_global(run: Any) -> None:
+def open_globals(rank_run: Any, run: Any) -> None:
+    """Once `rank_run` is open as `run`: point the globals that waited for it at `run` itself."""
+    if wandb.run is rank_run:
+        wandb_module.set_global(
+            config=run.config, summary=run.summary, **{name: getattr(run, name) for name in _RUN_FUNCTIONS}
+        )
+
+
+def restore_global(run: Any) -> None:
     """Hand the globals back to the run that held them before `run`, if it is still open."""
     previous = _previous_global.pop(id(run), None)
     if wandb.run is run:
         wandb_module.unset_globals()
-    if previous is not None and wandb.run is None and not previous._is_finished:
-        _set_global_run(previous)
+    if previous is not None and wandb.run is None and not _finished(previous):
+        make_global(previous)
+        _previous_global.pop(id(previous), None)
+
+
+def _finished(run: Any) -> bool:
+    real = run.wandb_run() if not isinstance(run, wandb.Run) and run.is_open else run
+    return bool(getattr(real, "_is_finished", False))
+
+
+class _Waiting:
+    """`wandb.config` or `wandb.summary` of a run still opening: every use waits for the run."""
+
+    def __init__(self, run: Any, name: str) -> None:
+        self._target = lambda: getattr(run.wandb_run(), name)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._target(), name)
+
+    def __getitem__(self, key: Any) -> Any:
+        return self._target()[key]
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        self._target()[key] = value
+
+    def __contains__(self, key: Any) -> bool:
+        return key in self._target()
+
+    def __iter__(self) -> Any:
+        return iter(self._target())
+
+
+def _waiting_call(run: Any, name: str) -> Any:
+    def call(*args: Any, **kwargs: Any) -> Any:
+        return getattr(run.wandb_run(), name)(*args, **kwargs)
+
+    return call
+
+
+def _send_no_telemetry() -> None:
+    """Keep W&B's own usage telemetry from waiting for the server that just failed.
+
+    Each online `wandb.init` makes an OpenTelemetry proxy that, at process exit, first asks the
+    server whether it takes telemetry, waiting up to 10 s per proxy on a server that accepts
+    connections but never answers: the rank would end 20 s after its run was safe offline. The
+    proxies that have not asked yet are told the answer (no), and no new ones are made.
+    """
+    import gc
+
+    try:
+        from wandb.analytics.opentelemetry.opentelemetry_proxy import OpenTelemetryProxy, disable
+
+        disable()
+        for obj in gc.get_objects():
+            # type(), not isinstance(): the heap holds lazy modules that import on any attribute access
+            if type(obj) is OpenTelemetryProxy and obj._server_supports_proxy is None:
+                obj._server_supports_proxy = False
+    except Exception as exc:  # telemetry only: never in the way of the fallback
+        logger.debug("could not turn W&B's telemetry off: %s", exc)
 
 
 def start_node_service() -> bool:
@@ -241,7 +333,4 @@ def finish_run(run: Any, exit_code: int, error: str | None = None) -> None:
     """Finish `run` with `exit_code` (0 for success), recording `error` in its summary if given."""
     if error is not None:
         run.summary["flyte_error"] = error
-    try:
-        run.finish(exit_code=exit_code)
-    finally:
-        _restore_global(run)
+    run.finish(exit_code=exit_code)

@@ -30,6 +30,7 @@ class Launch:
     facts: dict[int, dict[str, Any]] = field(default_factory=dict)
     logs: list[str] = field(default_factory=list)
     wall_s: float = 0.0
+    ended_at: float = 0.0  # wall clock (time.time()) when the last node process had exited
 
     @property
     def errors(self) -> list[str]:
@@ -122,14 +123,16 @@ def launch(
                 proc.kill()
                 proc.wait()
             log.close()
-    wall_s = time.monotonic() - started
+    wall_s, ended_at = time.monotonic() - started, time.time()
     outcomes = []
     for node in range(nnodes):
         out = tmp / f"node-{node}.json"
         outcomes.append(json.loads(out.read_text()) if out.exists() else {"error": "node wrote no outcome"})
     facts = {int(p.stem.split("-")[1]): json.loads(p.read_text()) for p in facts_dir.glob("rank-*.json")}
     logs = [(tmp / f"node-{n}.log").read_text() for n in range(nnodes)]
-    return Launch(outcomes=outcomes, runs=read_run_files(tmp / "wandb"), facts=facts, logs=logs, wall_s=wall_s)
+    return Launch(
+        outcomes=outcomes, runs=read_run_files(tmp / "wandb"), facts=facts, logs=logs, wall_s=wall_s, ended_at=ended_at
+    )
 
 
 def launch_clustered(
@@ -219,7 +222,7 @@ def launch_clustered(
                 proc.kill()
                 proc.wait()
             log.close()
-    wall_s = time.monotonic() - started
+    wall_s, ended_at = time.monotonic() - started, time.time()
     outcomes: list[dict[str, Any]] = []
     for node, (proc, _) in enumerate(procs):
         outcome: dict[str, Any] = {"rc": proc.returncode}
@@ -232,7 +235,9 @@ def launch_clustered(
         outcomes.append(outcome)
     facts = {int(p.stem.split("-")[1]): json.loads(p.read_text()) for p in facts_dir.glob("rank-*.json")}
     logs = [(tmp / f"node-{n}.log").read_text() for n in range(nnodes)]
-    return Launch(outcomes=outcomes, runs=read_run_files(tmp / "wandb"), facts=facts, logs=logs, wall_s=wall_s)
+    return Launch(
+        outcomes=outcomes, runs=read_run_files(tmp / "wandb"), facts=facts, logs=logs, wall_s=wall_s, ended_at=ended_at
+    )
 
 
 def assert_agrees_with_wandb_reader(runs: list[RunFile]) -> None:

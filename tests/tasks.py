@@ -58,7 +58,12 @@ def train(
             if run is not None:
                 row = {"loss": 1.0 / (step + 1), "reduced": value.item(), "rank": rank}
                 row.update({f"m{i}": step * i for i in range(extra_metrics)})
-                (sys.modules["wandb"].log if via_globals else run.log)(row)
+                if via_globals:
+                    import wandb  # upstream-style code, importing wandb itself
+
+                    wandb.log(row)
+                else:
+                    run.log(row)
         if rank == fail_rank and fail_step < 0:
             raise ValueError(f"rank {rank} failed on purpose")
     finally:
@@ -88,7 +93,24 @@ def flaky(steps: int = 3, fail_rank: int = 1, fail_after_s: float = 2.0) -> int:
     return restart
 
 
-def _record_facts(rank: int, run: Any, info: dict[str, Any] | None) -> None:
+def burst(rows: int = 200, first_step: int = 100, pause_s: float = 0.0) -> int:
+    """Log `rows` rows at once from the first line, with explicit steps from `first_step`, then
+    sleep `pause_s`; record whether the run was open when the function started, and when it returned.
+    """
+    info = get_distributed_info()
+    rank = info["rank"] if info else 0
+    run = get_wandb_run()
+    opened_at_start = getattr(run, "is_open", True) if run is not None else None
+    if run is not None:
+        run.define_metric("value", summary="max")
+        for i in range(rows):
+            run.log({"value": i, "rank": rank}, step=first_step + i)
+    time.sleep(pause_s)
+    _record_facts(rank, run, info, opened_at_start=opened_at_start, returned_at=time.time())
+    return rows
+
+
+def _record_facts(rank: int, run: Any, info: dict[str, Any] | None, **more: Any) -> None:
     facts_dir = os.environ.get("TEST_FACTS_DIR")
     if not facts_dir:
         return
@@ -100,6 +122,7 @@ def _record_facts(rank: int, run: Any, info: dict[str, Any] | None) -> None:
         "global_run_id": getattr(getattr(sys.modules.get("wandb"), "run", None), "id", None),
         "info": info,
         "wandb_imported": "wandb" in sys.modules,
+        **more,
     }
     Path(facts_dir, f"rank-{rank}.json").write_text(json.dumps(facts))
 
@@ -113,5 +136,5 @@ def make_env(**config: Any) -> flyte.TaskEnvironment:
 
 
 def make_task(function: str = "train", **config: Any) -> Any:
-    """The task for `function` (`train` or `flaky`) on an environment built from `config`."""
-    return make_env(**config).task({"train": train, "flaky": flaky}[function])
+    """The task for `function` (`train`, `flaky` or `burst`) on an environment built from `config`."""
+    return make_env(**config).task({"train": train, "flaky": flaky, "burst": burst}[function])

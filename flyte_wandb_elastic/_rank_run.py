@@ -1,0 +1,130 @@
+"""This rank's run, opened in the background: training never waits for W&B.
+
+`RankRun` starts opening the run in a thread of its own (importing wandb, joining the node's W&B
+service, `wandb.init`, and the offline fallback) and answers the training thread at once:
+
+- what the plan already knows (`id`, `group`, `project`, `entity`, `name`) without waiting;
+- `log` and `define_metric` are queued, in order, with the steps as given, and written as soon as
+  the run is open (to the offline fallback, if that is what opened);
+- anything else waits for the run, then goes to it.
+
+Process: a rank's own process. The thread that opens the run is the only one that imports wandb
+here; the training thread never does unless the user's code does.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any
+
+logger = logging.getLogger("flyte_wandb_elastic")
+
+# The calls that are queued until the run is open; every other attribute waits for the run.
+_QUEUED = ("log", "define_metric")
+
+
+class RankRun:
+    """A W&B run that may still be opening; forwards everything to the real run once it is open.
+
+    `start()` opens it in the background; `open()` opens it before returning.
+
+    Args:
+        opener: Opens the run and returns the `wandb.Run`; it is given this object.
+        known: What is known before W&B answers (`id`, `group`, `project`, `entity`, `name`);
+            a `None` value is asked of the run once it is open.
+    """
+
+    def __init__(self, opener: Callable[[RankRun], Any], known: dict[str, Any]) -> None:
+        self._opener = opener
+        self._known = {key: value for key, value in known.items() if value is not None}
+        self._lock = threading.Lock()
+        self._queue: list[tuple[str, tuple[Any, ...], dict[str, Any]]] | None = []
+        self._run: Any = None
+        self._error: BaseException | None = None
+        self._opened = threading.Event()
+
+    def start(self) -> None:
+        """Open the run in a thread of its own."""
+        threading.Thread(target=self.open, name="flyte-wandb-elastic-init", daemon=True).start()
+
+    def open(self) -> None:
+        """Open the run now, then write every queued call to it."""
+        try:
+            run = self._opener(self)
+        except BaseException as exc:  # the task ends with it at finish, or at the next call
+            self._error = exc
+            with self._lock:
+                dropped, self._queue = len(self._queue or ()), None
+            if dropped:
+                logger.error("wandb.init failed (%s); %d queued call(s) were not written", exc, dropped)
+            self._opened.set()
+            return
+        with self._lock:  # new calls wait while the queue is written, so order is kept
+            for name, args, kwargs in self._queue or ():
+                try:
+                    getattr(run, name)(*args, **kwargs)
+                except Exception as exc:  # as if the call had failed in the training thread
+                    logger.warning("run.%s(...) queued before the run opened failed: %s", name, exc)
+            self._queue = None
+            self._run = run
+        self._opened.set()
+
+    def wandb_run(self) -> Any:
+        """The `wandb.Run`, once open (waits for it).
+
+        Raises:
+            Exception: Opening the run failed (with `on_init_failure="raise"`).
+        """
+        self._opened.wait()
+        if self._error is not None:
+            raise self._error
+        return self._run
+
+    def raise_if_failed(self) -> None:
+        """Raise the error that opening the run ended with, if it did (waits for the outcome)."""
+        self._opened.wait()
+        if self._error is not None:
+            raise self._error
+
+    @property
+    def is_open(self) -> bool:
+        """Whether the run is open (or opening it has failed)."""
+        return self._opened.is_set()
+
+    def log(self, data: dict[str, Any], step: int | None = None, commit: bool | None = None) -> None:
+        """`wandb.Run.log`; queued (with a copy of `data`) until the run is open."""
+        self._call("log", (dict(data),), {"step": step, "commit": commit})
+
+    def define_metric(self, name: str, *args: Any, **kwargs: Any) -> None:
+        """`wandb.Run.define_metric`; queued until the run is open."""
+        self._call("define_metric", (name, *args), kwargs)
+
+    def _call(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        run = self._run
+        if run is None:
+            with self._lock:
+                if self._queue is not None:
+                    self._queue.append((name, args, kwargs))
+                    return None
+            run = self.wandb_run()
+        return getattr(run, name)(*args, **kwargs)
+
+    def finish_when_open(self, finish: Callable[[Any], None]) -> None:
+        """Call `finish(run)` once the run is open and every queued call is written; nothing if it never opened."""
+        self._opened.wait()
+        if self._run is not None:
+            finish(self._run)
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        known = self.__dict__.get("_known", {})
+        if name in known:
+            return known[name]
+        return getattr(self.wandb_run(), name)
+
+    def __repr__(self) -> str:
+        state = "open" if self._run is not None else "failed" if self._error else "opening"
+        return f"<RankRun {self._known.get('id', '?')} ({state})>"
