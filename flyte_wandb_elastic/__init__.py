@@ -16,6 +16,7 @@ from ._hooks import get_distributed_info, get_wandb_run
 from ._links import Wandb, WandbSweep
 from ._local import run_ranks_locally
 from ._options import WandbOptions, wandb_config
+from ._rank_run import RankRun
 from ._run_context import (
     WandbContext,
     get_wandb_context,
@@ -33,6 +34,7 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree
     __version__ = "0.0.0"
 
 __all__ = [
+    "RankRun",
     "RunFile",
     "Wandb",
     "WandbClusteredTask",

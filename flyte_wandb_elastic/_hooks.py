@@ -9,6 +9,7 @@ function.
 from __future__ import annotations
 
 import functools
+import importlib
 import os
 import sys
 from collections.abc import Callable, Iterator
@@ -19,6 +20,7 @@ from typing import Any
 
 import flyte
 
+from ._after_import import after_import
 from ._job_end import report_failure, report_return
 from ._node_service import first_rank_service, join_node_service
 from ._options import PARENT_RUN_KEY, WandbOptions
@@ -31,7 +33,13 @@ _current_run: ContextVar[Any] = ContextVar("flyte_wandb_elastic_run", default=No
 
 
 def get_wandb_run() -> Any:
-    """This rank's W&B run, or `None` where this rank opened none."""
+    """This rank's W&B run, or `None` where this rank opened none.
+
+    With the default background start this is a `RankRun`, returned at once while the run opens:
+    it answers `id`, `group`, `project`, `entity` and `name` at once, queues `log` and
+    `define_metric` until W&B is ready, and forwards everything else to the `wandb.Run` (waiting
+    for it). With `blocking_init=True` it is the `wandb.Run` itself.
+    """
     return _current_run.get()
 
 
@@ -141,19 +149,17 @@ class RankHooks:
         resuming = topology.restarted or attempt > 0
         stats = system_metrics(plan, topology, options.run_mode, _gpus_visible())
         background = not options.blocking_init
-        # Where the user's code imported wandb already, its globals are this run's from the
-        # function's first line (and cost nothing more to set); otherwise the opening thread sets
-        # them as soon as it has imported wandb.
-        globals_now = background and "wandb" in sys.modules
         start_node_service = self.start_node_service
 
         def opener(rank_run: RankRun) -> Any:
+            # wandb itself first, then this package's modules that call it: the end of wandb's
+            # import sets the globals through `_wandb_run` (see `after_import`), which must not be
+            # half imported then. Only ranks that log import them, and off the training thread.
+            importlib.import_module("wandb")
             # before wandb starts a service of its own
             first_rank_service() if start_node_service else join_node_service()
-            from . import _wandb_run  # imported only by ranks that log, and off the training thread
+            from . import _wandb_run
 
-            if background and not globals_now:
-                _wandb_run.make_global(rank_run)
             run = _wandb_run.open_run(plan, options, meta, resuming, stats)
             if background:
                 _wandb_run.open_globals(rank_run, run)
@@ -168,10 +174,9 @@ class RankHooks:
 
             _wandb_run.make_global(run)
             return run, rank_run
-        if globals_now:
-            from . import _wandb_run
-
-            _wandb_run.make_global(rank_run)
+        # W&B's globals are this run's from the end of wandb's import, whichever thread imports
+        # it (this one, now, if the user's code already has): `wandb.log` works from the first line.
+        after_import("wandb", functools.partial(_make_global, rank_run))
         rank_run.start()
         return rank_run, rank_run
 
@@ -205,6 +210,12 @@ class RankHooks:
                 ctx.custom_context.pop(PARENT_RUN_KEY, None)
             elif publish:
                 ctx.custom_context[PARENT_RUN_KEY] = saved_parent
+
+
+def _make_global(run: Any) -> None:
+    from . import _wandb_run
+
+    _wandb_run.make_global(run)
 
 
 def _finish(rank_run: RankRun, published: Any, exit_code: int, error: str | None) -> None:

@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -112,6 +113,21 @@ def launch(
                 log,
             )
         )
+    wall_s, ended_at = _wait_for(procs, facts_dir, during, started)
+    outcomes = []
+    for node in range(nnodes):
+        out = tmp / f"node-{node}.json"
+        outcomes.append(json.loads(out.read_text()) if out.exists() else {"error": "node wrote no outcome"})
+    return _collected(tmp, nnodes, outcomes, wall_s, ended_at)
+
+
+def _wait_for(
+    procs: list[tuple[subprocess.Popen[bytes], Any]],
+    facts_dir: Path,
+    during: Callable[[Path], None] | None,
+    started: float,
+) -> tuple[float, float]:
+    """Wait for the node processes (killing any left after the timeout); the wall time and end."""
     try:
         if during is not None:
             during(facts_dir)
@@ -123,16 +139,36 @@ def launch(
                 proc.kill()
                 proc.wait()
             log.close()
-    wall_s, ended_at = time.monotonic() - started, time.time()
-    outcomes = []
-    for node in range(nnodes):
-        out = tmp / f"node-{node}.json"
-        outcomes.append(json.loads(out.read_text()) if out.exists() else {"error": "node wrote no outcome"})
-    facts = {int(p.stem.split("-")[1]): json.loads(p.read_text()) for p in facts_dir.glob("rank-*.json")}
+    return time.monotonic() - started, time.time()
+
+
+def _collected(tmp: Path, nnodes: int, outcomes: list[dict[str, Any]], wall_s: float, ended_at: float) -> Launch:
+    """What a launch under `tmp` left behind: run files, per-rank facts and node logs."""
+    facts = {int(p.stem.split("-")[1]): json.loads(p.read_text()) for p in (tmp / "facts").glob("rank-*.json")}
     logs = [(tmp / f"node-{n}.log").read_text() for n in range(nnodes)]
-    return Launch(
-        outcomes=outcomes, runs=read_run_files(tmp / "wandb"), facts=facts, logs=logs, wall_s=wall_s, ended_at=ended_at
-    )
+    runs = read_run_files(tmp / "wandb")
+    return Launch(outcomes=outcomes, runs=runs, facts=facts, logs=logs, wall_s=wall_s, ended_at=ended_at)
+
+
+def peak_wandb_cores(wandb_dir: Path, job: Callable[[], Launch]) -> tuple[int, Launch]:
+    """Run `job`, counting the most `wandb-core` processes of `wandb_dir` alive at once meanwhile."""
+    peak = 0
+    done = threading.Event()
+
+    def watch() -> None:
+        nonlocal peak
+        while not done.is_set():
+            peak = max(peak, len(wandb_core_processes(wandb_dir)))
+            time.sleep(0.05)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        result = job()
+    finally:
+        done.set()
+        watcher.join()
+    return peak, result
 
 
 def launch_clustered(
@@ -211,18 +247,7 @@ def launch_clustered(
         log = open(tmp / f"node-{node}.log", "w")  # noqa: SIM115 - closed below
         node_env = {**env, "NODE_RANK": str(node), "PATH": f"{bin_dir}{os.pathsep}{env.get('PATH', '')}"}
         procs.append((subprocess.Popen(command, cwd=REPO, env=node_env, stdout=log, stderr=subprocess.STDOUT), log))
-    try:
-        if during is not None:
-            during(facts_dir)
-        for proc, _ in procs:
-            proc.wait(timeout=LAUNCH_TIMEOUT_S)
-    finally:
-        for proc, log in procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-            log.close()
-    wall_s, ended_at = time.monotonic() - started, time.time()
+    wall_s, ended_at = _wait_for(procs, facts_dir, during, started)
     outcomes: list[dict[str, Any]] = []
     for node, (proc, _) in enumerate(procs):
         outcome: dict[str, Any] = {"rc": proc.returncode}
@@ -233,11 +258,7 @@ def launch_clustered(
         if proc.returncode != 0:
             outcome["error"] = f"node {node} exited {proc.returncode}"
         outcomes.append(outcome)
-    facts = {int(p.stem.split("-")[1]): json.loads(p.read_text()) for p in facts_dir.glob("rank-*.json")}
-    logs = [(tmp / f"node-{n}.log").read_text() for n in range(nnodes)]
-    return Launch(
-        outcomes=outcomes, runs=read_run_files(tmp / "wandb"), facts=facts, logs=logs, wall_s=wall_s, ended_at=ended_at
-    )
+    return _collected(tmp, nnodes, outcomes, wall_s, ended_at)
 
 
 def assert_agrees_with_wandb_reader(runs: list[RunFile]) -> None:

@@ -43,6 +43,9 @@ def train(
         dist.init_process_group("gloo")
     rank = info["rank"] if info else 0
     run = get_wandb_run()
+    if via_globals:
+        import wandb  # upstream-style code imports wandb itself; its globals are this rank's run
+
     _record_facts(rank, run, info)
     total = torch.tensor([0.0])
     try:
@@ -59,8 +62,6 @@ def train(
                 row = {"loss": 1.0 / (step + 1), "reduced": value.item(), "rank": rank}
                 row.update({f"m{i}": step * i for i in range(extra_metrics)})
                 if via_globals:
-                    import wandb  # upstream-style code, importing wandb itself
-
                     wandb.log(row)
                 else:
                     run.log(row)

@@ -2,44 +2,26 @@
 
 from __future__ import annotations
 
-import threading
-import time
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import launch, wandb_core_processes
+from tests.conftest import Launch, launch, peak_wandb_cores, wandb_core_processes
 
 pytestmark = pytest.mark.launch
 
 
-def _peak_services(tmp_path: Path, run_mode: str, nnodes: int, nproc: int) -> tuple[int, object]:
-    peak = 0
-    done = threading.Event()
-
-    def watch() -> None:
-        nonlocal peak
-        while not done.is_set():
-            peak = max(peak, len(wandb_core_processes(tmp_path)))
-            time.sleep(0.05)
-
-    watcher = threading.Thread(target=watch, daemon=True)
-    watcher.start()
-    try:
-        config = {"nnodes": nnodes, "nproc_per_node": nproc, "project": "p", "run_mode": run_mode}
-        result = launch(tmp_path, config, inputs={"steps": 200})
-    finally:
-        done.set()
-        watcher.join()
-    return peak, result
+def _peak_services(tmp_path: Path, run_mode: str, nnodes: int, nproc: int) -> tuple[int, Launch]:
+    config = {"nnodes": nnodes, "nproc_per_node": nproc, "project": "p", "run_mode": run_mode}
+    return peak_wandb_cores(tmp_path, lambda: launch(tmp_path, config, inputs={"steps": 200}))
 
 
 @pytest.mark.parametrize(("nnodes", "nproc"), [(1, 3), (2, 2)])
 def test_rank_runs_share_one_wandb_service_per_node(tmp_path: Path, nnodes: int, nproc: int) -> None:
     peak, result = _peak_services(tmp_path, "new", nnodes, nproc)
-    assert result.errors == []  # type: ignore[attr-defined]
-    assert len(result.runs) == nnodes * nproc  # type: ignore[attr-defined]
-    assert all(run.exit_code == 0 and len(run.rows) == 200 for run in result.runs)  # type: ignore[attr-defined]
+    assert result.errors == []
+    assert len(result.runs) == nnodes * nproc
+    assert all(run.exit_code == 0 and len(run.rows) == 200 for run in result.runs)
     assert peak == nnodes  # not one per rank
     assert wandb_core_processes(tmp_path) == []
 
@@ -47,8 +29,8 @@ def test_rank_runs_share_one_wandb_service_per_node(tmp_path: Path, nnodes: int,
 def test_shared_run_writers_keep_one_service_each(tmp_path: Path) -> None:
     # a W&B service holds one stream per run id: writers of one shared run cannot share it
     peak, result = _peak_services(tmp_path, "shared", 1, 3)
-    assert result.errors == []  # type: ignore[attr-defined]
-    assert len(result.runs) == 3  # type: ignore[attr-defined]
+    assert result.errors == []
+    assert len(result.runs) == 3
     assert peak == 3
 
 
