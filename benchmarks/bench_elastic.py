@@ -1,6 +1,6 @@
 """Overhead of W&B logging on a small torch elastic (DDP, gloo, CPU) job: plain vs. upstream vs. this package.
 
-Run from the repository root, in the project's virtualenv (Linux only: it reads /proc):
+Run from the repository root, in the project's virtualenv (`pip install -e '.[test,bench]'`; Linux):
 
     python benchmarks/bench_elastic.py                      # 300 steps per job, 3 repeats
     python benchmarks/bench_elastic.py --quick --repeats 1  # 60 steps per job, 1 repeat
@@ -11,7 +11,8 @@ per step by every rank that has a run) runs under three variants, defined in `be
 
 - `plain`: a plain `flyteplugins.pytorch.Elastic` environment without W&B (nothing is logged; the
   job ignores run_mode, so its rows for the three run_modes are repeats of one job).
-- `upstream`: a plain `Elastic` environment with `flyteplugins.wandb.wandb_init(run_mode=..., project="bench")`
+- `upstream`: a plain `Elastic` environment with
+  `flyteplugins.wandb.wandb_init(run_mode=..., project="bench", mode="offline")`
   above `@env.task`, ranks logging to `flyteplugins.wandb.get_wandb_run()`.
 - `ours`: a `flyte_wandb_elastic.WandbElastic(..., project="bench", run_mode=...)` environment, ranks
   logging to `flyte_wandb_elastic.get_wandb_run()`.
@@ -48,6 +49,7 @@ A job that fails (or times out) never stops the benchmark: its row says "failed"
 succeeded, and the error is printed below the table. The benchmark also measures the CPU time that
 processes outside it used during each job (from /proc/stat); a row whose jobs shared the machine
 with more than 10% of outside load is marked with a dagger, as its timings are not trustworthy.
+Processes are found and measured with psutil.
 Leave the machine otherwise idle while it runs.
 """
 
@@ -58,7 +60,6 @@ import json
 import os
 import platform
 import shutil
-import signal
 import socket
 import statistics
 import subprocess
@@ -67,11 +68,14 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterable
+from collections import Counter
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
+
+import psutil
 
 REPO = Path(__file__).resolve().parent.parent
 VARIANTS = ("plain", "upstream", "ours")
@@ -82,46 +86,17 @@ SAMPLE_INTERVAL_S = 0.1
 LEFTOVER_GRACE_S = 5.0
 DISTURBED_SHARE = 0.10  # a job is disturbed when other processes used more than this share of the machine's CPU
 DISTURBED_MARK = "†"
-PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 MARKER_VAR = "BENCH_JOB_ID"
+WANDB_PROCESSES = ("wandb-core", "wandb-symon")
 
 
-# ---- processes of a job, from /proc ----
-
-
-@dataclass(frozen=True)
-class ProcInfo:
-    pid: int
-    ppid: int
-    state: str
-    start_ticks: int
-    rss: int
-    cmdline: str
-
-
-def _read_proc(pid: int) -> ProcInfo | None:
-    """The facts of process `pid`, or `None` if it is gone."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return None
-    fields = stat.rsplit(")", 1)[1].split()  # fields from the 3rd on: comm (the 2nd) may contain spaces
-    return ProcInfo(
-        pid=pid,
-        ppid=int(fields[1]),
-        state=fields[0],
-        start_ticks=int(fields[19]),
-        rss=int(fields[21]) * PAGE_SIZE,
-        cmdline=cmdline,
-    )
+# ---- processes of a job, with psutil ----
 
 
 def _machine_busy_cpu_s() -> float:
     """CPU seconds all processes of the machine have used since boot (user, nice, system, irq, softirq, steal)."""
-    user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, Path("/proc/stat").read_text().split()[1:9])
-    return (user + nice + system + irq + softirq + steal) / CLOCK_TICKS
+    t = psutil.cpu_times()
+    return t.user + t.nice + t.system + getattr(t, "irq", 0) + getattr(t, "softirq", 0) + getattr(t, "steal", 0)
 
 
 def _own_cpu_s() -> float:
@@ -130,8 +105,11 @@ def _own_cpu_s() -> float:
     return times.user + times.system + times.children_user + times.children_system
 
 
-def is_wandb_core(proc: ProcInfo) -> bool:
-    return "wandb-core" in proc.cmdline.split(" ", 1)[0]
+def _describe(proc: psutil.Process) -> str:
+    try:
+        return f"{proc.pid} {' '.join(proc.cmdline())}"
+    except psutil.Error:
+        return str(proc.pid)
 
 
 class JobProcesses:
@@ -142,33 +120,34 @@ class JobProcesses:
     """
 
     def __init__(self, job_id: str, roots: Iterable[int]) -> None:
-        self.marker = f"{MARKER_VAR}={job_id}".encode()
+        self.job_id = job_id
         self.roots = set(roots)
-        self._marked: dict[tuple[int, int], bool] = {}  # (pid, start ticks) -> carries the marker
+        self._marked: dict[tuple[int, float], bool] = {}  # (pid, create time) -> carries the marker
         self.peak_rss = 0
-        self.peak_wandb_core = 0
+        self.peak_wandb: Counter[str] = Counter()  # the most processes of each W&B kind alive at once
         self.samples = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample_loop, name="job-sampler", daemon=True)
 
-    def _carries_marker(self, proc: ProcInfo) -> bool:
-        key = (proc.pid, proc.start_ticks)
+    @property
+    def peak_wandb_core(self) -> int:
+        return self.peak_wandb["wandb-core"]
+
+    def _carries_marker(self, proc: psutil.Process) -> bool:
+        key = (proc.pid, proc.info["create_time"])
         if key not in self._marked:
             try:
-                self._marked[key] = self.marker in Path(f"/proc/{proc.pid}/environ").read_bytes().split(b"\0")
-            except OSError:
+                self._marked[key] = proc.environ().get(MARKER_VAR) == self.job_id
+            except psutil.Error:
                 self._marked[key] = False
         return self._marked[key]
 
-    def alive(self) -> list[ProcInfo]:
+    def alive(self) -> list[psutil.Process]:
         """The job's processes alive now (zombies excluded)."""
-        procs = {}
-        for entry in os.scandir("/proc"):
-            if entry.name.isdigit() and (info := _read_proc(int(entry.name))) is not None:
-                procs[info.pid] = info
+        procs = {p.pid: p for p in psutil.process_iter(["ppid", "status", "create_time"])}
         children: dict[int, list[int]] = {}
-        for info in procs.values():
-            children.setdefault(info.ppid, []).append(info.pid)
+        for proc in procs.values():
+            children.setdefault(proc.info["ppid"], []).append(proc.pid)
         members = set()
         stack = [pid for pid in self.roots if pid in procs]
         while stack:
@@ -176,13 +155,22 @@ class JobProcesses:
             if pid not in members:
                 members.add(pid)
                 stack.extend(children.get(pid, []))
-        members.update(pid for pid, info in procs.items() if pid not in members and self._carries_marker(info))
-        return [procs[pid] for pid in sorted(members) if procs[pid].state != "Z"]
+        members.update(pid for pid, proc in procs.items() if pid not in members and self._carries_marker(proc))
+        return [procs[pid] for pid in sorted(members) if procs[pid].info["status"] != psutil.STATUS_ZOMBIE]
 
     def sample(self) -> None:
-        procs = self.alive()
-        self.peak_rss = max(self.peak_rss, sum(p.rss for p in procs))
-        self.peak_wandb_core = max(self.peak_wandb_core, sum(is_wandb_core(p) for p in procs))
+        rss, kinds = 0, Counter[str]()
+        for proc in self.alive():
+            try:
+                with proc.oneshot():
+                    rss += proc.memory_info().rss
+                    name = proc.name()
+            except psutil.Error:  # gone since it was listed
+                continue
+            if name in WANDB_PROCESSES:
+                kinds[name] += 1
+        self.peak_rss = max(self.peak_rss, rss)
+        self.peak_wandb |= kinds  # per-kind maximum
         self.samples += 1
 
     def _sample_loop(self) -> None:
@@ -201,11 +189,12 @@ class JobProcesses:
         """SIGKILL every live process of the job, by pid; what was killed, as 'pid cmdline'."""
         killed = []
         for proc in self.alive():
+            described = _describe(proc)
             try:
-                os.kill(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
+                proc.kill()
+            except psutil.Error:
                 continue
-            killed.append(f"{proc.pid} {proc.cmdline.strip()}")
+            killed.append(described)
         return killed
 
 
@@ -220,15 +209,22 @@ class JobResult:
     run_mode: str
     nnodes: int
     repeat: int
+    nproc_per_node: int = NPROC_PER_NODE
+    label: str = ""  # the scenario, where a benchmark runs one variant several ways
     ok: bool = False
+    timed_out: bool = False
     error: str | None = None
     wall_s: float | None = None
     first_step_rank0_s: float | None = None
+    first_step_slowest_s: float | None = None
     first_step_nolog_s: float | None = None
+    after_last_return_s: float | None = None  # wall time left once the last rank's function returned
     step_ms: float | None = None
     peak_mb: float | None = None
     max_wandb_core: int | None = None
+    max_wandb_symon: int | None = None
     wandb_core_per_node: float | None = None
+    run_files: list[dict[str, Any]] = field(default_factory=list)  # what the job's offline run files hold
     samples: int = 0
     other_cpu_s: float | None = None
     leftover: list[str] = field(default_factory=list)
@@ -248,7 +244,9 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def job_env(tmp: Path, variant: str, run_mode: str, nnodes: int, job_id: str) -> dict[str, str]:
+def job_env(
+    tmp: Path, variant: str, run_mode: str, nnodes: int, job_id: str, nproc_per_node: int = NPROC_PER_NODE
+) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "BENCH_", "PET_"))}
     env.update(
         WANDB_MODE="offline",
@@ -259,6 +257,7 @@ def job_env(tmp: Path, variant: str, run_mode: str, nnodes: int, job_id: str) ->
         BENCH_VARIANT=variant,
         BENCH_RUN_MODE=run_mode,
         BENCH_NNODES=str(nnodes),
+        BENCH_NPROC=str(nproc_per_node),
         BENCH_RANK_DIR=str(tmp / "ranks"),
         **{MARKER_VAR: job_id},
     )
@@ -275,13 +274,29 @@ def _log_tail(path: Path, lines: int = 15) -> str:
 
 
 def run_job(
-    variant: str, run_mode: str, nnodes: int, repeat: int, steps: int, warmup: int, timeout_s: float, keep: bool
+    variant: str,
+    run_mode: str,
+    nnodes: int,
+    repeat: int,
+    steps: int,
+    warmup: int,
+    timeout_s: float,
+    keep: bool,
+    *,
+    nproc_per_node: int = NPROC_PER_NODE,
+    extra_env: Mapping[str, str] | None = None,
+    label: str = "",
 ) -> JobResult:
-    """Launch one job, one fresh process per node, and measure it. Never raises for a failed job."""
-    result = JobResult(variant=variant, run_mode=run_mode, nnodes=nnodes, repeat=repeat)
-    tmp = Path(tempfile.mkdtemp(prefix=f"bench-elastic-{variant}-{run_mode}-{nnodes}n-"))
+    """Launch one job, one fresh process per node, and measure it. Never raises for a failed job.
+
+    `extra_env` is added to the job's environment (e.g. BENCH_BODY, BENCH_WANDB_OPTIONS; see `bench_tasks`).
+    """
+    result = JobResult(
+        variant=variant, run_mode=run_mode, nnodes=nnodes, repeat=repeat, nproc_per_node=nproc_per_node, label=label
+    )
+    tmp = Path(tempfile.mkdtemp(prefix=f"bench-elastic-{variant}-{run_mode}-{nnodes}x{nproc_per_node}-"))
     try:
-        _run_job(result, tmp, steps, warmup, timeout_s)
+        _run_job(result, tmp, steps, warmup, timeout_s, extra_env or {})
     except Exception as exc:  # a broken job must not stop the benchmark
         result.ok, result.error = False, f"{type(exc).__name__}: {exc}"
     finally:
@@ -292,12 +307,14 @@ def run_job(
     return result
 
 
-def _run_job(result: JobResult, tmp: Path, steps: int, warmup: int, timeout_s: float) -> None:
-    nnodes = result.nnodes
+def _run_job(
+    result: JobResult, tmp: Path, steps: int, warmup: int, timeout_s: float, extra_env: Mapping[str, str]
+) -> None:
+    nnodes, nproc = result.nnodes, result.nproc_per_node
     (tmp / "ranks").mkdir()
     (tmp / "wandb").mkdir()
     job_id = uuid.uuid4().hex
-    env = job_env(tmp, result.variant, result.run_mode, nnodes, job_id)
+    env = {**job_env(tmp, result.variant, result.run_mode, nnodes, job_id, nproc), **extra_env}
     run_name = f"bench-{job_id[:8]}"
     logs = [(tmp / f"node-{n}.log").open("w") for n in range(nnodes)]
     specs = [
@@ -347,7 +364,10 @@ def _run_job(result: JobResult, tmp: Path, steps: int, warmup: int, timeout_s: f
     result.other_cpu_s = _machine_busy_cpu_s() - _own_cpu_s() - busy_before
     result.leftover = _reap_leftovers(job)
     result.samples = job.samples
+    result.wall_s = end_t - launch_t  # also for a failed job: how long it took to fail
+    result.run_files = _run_files(tmp / "wandb")
     if timed_out:
+        result.timed_out = True
         result.error = f"timed out after {timeout_s:.0f} s\n{_log_tail(tmp / 'node-0.log')}"
         return
 
@@ -361,9 +381,9 @@ def _run_job(result: JobResult, tmp: Path, steps: int, warmup: int, timeout_s: f
     ranks = sorted(
         (json.loads(p.read_text()) for p in (tmp / "ranks").glob("rank-*.json")), key=lambda r: int(r["rank"])
     )
-    if not errors and len(ranks) != nnodes * NPROC_PER_NODE:
-        errors.append(f"{len(ranks)} of {nnodes * NPROC_PER_NODE} ranks reported")
-    times = ("process_start", "t_enter", "t_first_step", "t_last_step")
+    if not errors and len(ranks) != nnodes * nproc:
+        errors.append(f"{len(ranks)} of {nnodes * nproc} ranks reported")
+    times = ("process_start", "t_enter", "t_first_step", "t_last_step", "t_return")
     result.ranks = [{**r, "since_launch_s": {k: r[k] - launch_t for k in times}} for r in ranks]
     if errors:
         result.error = "\n".join(errors)
@@ -371,13 +391,34 @@ def _run_job(result: JobResult, tmp: Path, steps: int, warmup: int, timeout_s: f
 
     nolog = [r["t_first_step"] - launch_t for r in ranks if not r["has_run"]]
     result.ok = True
-    result.wall_s = end_t - launch_t
     result.first_step_rank0_s = ranks[0]["t_first_step"] - launch_t
+    result.first_step_slowest_s = max(r["t_first_step"] for r in ranks) - launch_t
     result.first_step_nolog_s = max(nolog) if nolog else None
+    result.after_last_return_s = end_t - max(r["t_return"] for r in ranks)
     result.step_ms = 1000 * statistics.mean(r["step_s"] for r in ranks)
     result.peak_mb = job.peak_rss / 2**20
-    result.max_wandb_core = job.peak_wandb_core
+    result.max_wandb_core = job.peak_wandb["wandb-core"]
+    result.max_wandb_symon = job.peak_wandb["wandb-symon"]
     result.wandb_core_per_node = job.peak_wandb_core / nnodes
+
+
+def _run_files(wandb_dir: Path) -> list[dict[str, Any]]:
+    """What each offline run file of the job holds: run id, directory, rows logged (probe rows apart), exit code."""
+    from flyte_wandb_elastic import read_run_files
+
+    try:
+        runs = read_run_files(wandb_dir)
+    except Exception as exc:  # a torn file must not stop the benchmark
+        return [{"error": f"{type(exc).__name__}: {exc}"}]
+    return [
+        {
+            "run_id": run.run_id,
+            "run_dir": run.run_dir,
+            "rows": sum("probe0" not in row for row in run.rows),
+            "exit_code": run.exit_code,
+        }
+        for run in runs
+    ]
 
 
 def _reap_leftovers(job: JobProcesses) -> list[str]:
@@ -565,8 +606,8 @@ def main(argv: list[str] | None = None) -> int:
     print(
         "\nTopology: nodes x ranks per node. plain ignores run_mode (its three rows per topology are the same job);"
         " the plain baseline of the ratios is the median over all plain jobs of the topology."
-        '\nupstream shared runs with mode="offline" passed to `@wandb_init`: with WANDB_MODE=offline alone its'
-        ' Settings(mode="shared") overrides the offline mode and wandb.init fails for want of an API key.'
+        '\nupstream runs with mode="offline" passed to `@wandb_init`: in shared mode, with WANDB_MODE=offline alone'
+        ' its Settings(mode="shared") overrides the offline mode and wandb.init fails for want of an API key.'
     )
     if any(r.disturbed for r in results):
         print(
