@@ -29,7 +29,7 @@ class WandbElasticTask(TorchFunctionTask):
     plugin_config: WandbElastic
 
     def __post_init__(self) -> None:
-        check_sync(self.name, self.func, "torch elastic")
+        check_sync(self.name, self.func)
         super().__post_init__()
         config = self.plugin_config
         self.links = with_wandb_links(

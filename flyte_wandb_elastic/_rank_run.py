@@ -94,7 +94,7 @@ class RankRun:
         return self._opened.is_set()
 
     def log(self, data: dict[str, Any], step: int | None = None, commit: bool | None = None) -> None:
-        """`wandb.Run.log`; queued (with a copy of `data`) until the run is open."""
+        """`wandb.Run.log`; queued (with a shallow copy of `data`) until the run is open."""
         self._call("log", (dict(data),), {"step": step, "commit": commit})
 
     def define_metric(self, name: str, *args: Any, **kwargs: Any) -> None:

@@ -19,11 +19,14 @@ from ._topology import Topology
 API_KEY_ENV = "WANDB_API_KEY"
 
 
-def check_sync(task_name: str, func: Callable[..., Any], engine: str) -> None:
-    """Raise when the task function is async: every rank calls it synchronously."""
+def check_sync(task_name: str, func: Callable[..., Any]) -> None:
+    """Raise when an Elastic task's function is async: torch elastic workers call it synchronously.
+
+    (A clustered task's `a0` runs an async function on its own event loop: no check there.)
+    """
     if inspect.iscoroutinefunction(func):
         raise TypeError(
-            f"task {task_name!r}: func={func.__qualname__!r} is an async function, but {engine} ranks call the "
+            f"task {task_name!r}: func={func.__qualname__!r} is an async function, but torch elastic ranks call the "
             "task function synchronously: declare it with `def`, not `async def`."
         )
 
