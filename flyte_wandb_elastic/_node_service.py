@@ -29,6 +29,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from ._rank_run import lower_this_threads_priority
+
 SERVICE_ENV = "WANDB_SERVICE"
 ADDRESS_FILE_ENV = "FLYTE_WANDB_ELASTIC_SERVICE_FILE"
 # How long a rank waits for the node's service before starting its own.
@@ -46,6 +48,7 @@ def node_service() -> Iterator[None]:
     started: list[bool] = []
 
     def start() -> None:
+        lower_this_threads_priority()  # the service it starts too: it must not slow the ranks' start
         try:
             from . import _wandb_run  # imports wandb: off the launch's critical path
 

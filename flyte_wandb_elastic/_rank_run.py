@@ -15,6 +15,7 @@ here; the training thread never does unless the user's code does.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -23,6 +24,23 @@ logger = logging.getLogger("flyte_wandb_elastic")
 
 # The calls that are queued until the run is open; every other attribute waits for the run.
 _QUEUED = ("log", "define_metric")
+
+
+# How much lower than training the threads (and the W&B services they start) that open runs run.
+NICE_INCREMENT = 10
+
+
+def lower_this_threads_priority() -> None:
+    """Make the calling thread yield the CPU to training where the two compete (Linux; else nothing).
+
+    On Linux a thread has a nice value of its own, and the processes it starts (a W&B service)
+    inherit it: W&B's start-up work then runs in the gaps that training leaves, not in its place.
+    """
+    try:
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + NICE_INCREMENT))
+    except (AttributeError, OSError):  # not Linux, or not allowed
+        pass
 
 
 class RankRun:
@@ -46,8 +64,13 @@ class RankRun:
         self._opened = threading.Event()
 
     def start(self) -> None:
-        """Open the run in a thread of its own."""
-        threading.Thread(target=self.open, name="flyte-wandb-elastic-init", daemon=True).start()
+        """Open the run in a thread of its own, at a lower CPU priority than training."""
+
+        def open_in_background() -> None:
+            lower_this_threads_priority()
+            self.open()
+
+        threading.Thread(target=open_in_background, name="flyte-wandb-elastic-init", daemon=True).start()
 
     def open(self) -> None:
         """Open the run now, then write every queued call to it."""

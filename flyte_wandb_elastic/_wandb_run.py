@@ -153,7 +153,7 @@ _RUN_FUNCTIONS = (
 )
 
 
-def make_global(run: Any) -> None:
+def make_global(run: Any, remember: bool = True) -> None:
     """Make `run` W&B's global run (`wandb.run`, `wandb.log`, `wandb.config`, ...), as a plain init does.
 
     Runs are opened with `reinit="create_new"` so that a task called in the same process gets a
@@ -163,7 +163,8 @@ def make_global(run: Any) -> None:
     are then its own (logging is queued), and the rest wait for the run; `open_globals` points them
     at the run once it is open.
     """
-    _previous_global[id(run)] = wandb.run
+    if remember:  # restore_global hands the globals back to what held them before
+        _previous_global[id(run)] = wandb.run
     if isinstance(run, wandb.Run):
         _set_global_run(run)
         return
@@ -191,8 +192,7 @@ def restore_global(run: Any) -> None:
     if wandb.run is run:
         wandb_module.unset_globals()
     if previous is not None and wandb.run is None and not _finished(previous):
-        make_global(previous)
-        _previous_global.pop(id(previous), None)
+        make_global(previous, remember=False)  # its own predecessor stays on record
 
 
 def _finished(run: Any) -> bool:
