@@ -22,10 +22,6 @@ from typing import Any
 
 logger = logging.getLogger("flyte_wandb_elastic")
 
-# The calls that are queued until the run is open; every other attribute waits for the run.
-_QUEUED = ("log", "define_metric")
-
-
 # How much lower than training the threads (and the W&B services they start) that open runs run.
 NICE_INCREMENT = 10
 
