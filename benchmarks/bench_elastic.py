@@ -626,15 +626,18 @@ def main(argv: list[str] | None = None) -> int:
         for r in leftovers:
             print(f"- {r.variant} {r.run_mode} {r.nnodes}x{NPROC_PER_NODE}: " + "; ".join(r.leftover))
 
+    return report_machine_and_save(results, args, started)
+
+
+def report_machine_and_save(results: list[Any], args: argparse.Namespace, started: float) -> int:
+    """Print the machine, the outside CPU load and the benchmark time; write `--json`; exit status 0."""
     info = machine()
     print("\nMachine: " + ", ".join(f"{k} {v}" for k, v in info.items()))
-    other = [r.other_cpu_s for r in results if r.other_cpu_s is not None and r.wall_s]
-    if other:
-        capacity = sum(r.wall_s for r in results if r.other_cpu_s is not None and r.wall_s) * (os.cpu_count() or 1)
-        print(
-            f"CPU used by processes outside the benchmark during its jobs: {sum(other):.0f} s,"
-            f" {100 * sum(other) / capacity:.0f}% of the machine's CPU time (near 0% for undisturbed timings)"
-        )
+    measured = [r for r in results if r.other_cpu_s is not None and r.wall_s]
+    if measured:
+        capacity = sum(r.wall_s or 0 for r in measured) * (os.cpu_count() or 1)
+        share = sum(r.other_cpu_s or 0 for r in measured) / capacity
+        print(f"CPU used by processes outside the benchmark during its jobs: {share:.0%} (near 0% when undisturbed)")
     print(f"Benchmark time: {time.monotonic() - started:.0f} s")
     if args.json:
         payload = {

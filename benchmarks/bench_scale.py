@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import socket
 import sys
@@ -46,7 +45,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +57,7 @@ from benchmarks.bench_elastic import (
     _fmt,
     _median,
     _ratio,
-    machine,
+    report_machine_and_save,
     run_job,
 )
 
@@ -478,23 +477,7 @@ def main(argv: list[str] | None = None) -> int:
         print("\nProcesses still alive 5 s after their job's node process exited (killed):")
         for r in leftovers:
             print(f"- {r.label} {r.variant} {r.run_mode} 1x{r.nproc_per_node}: " + "; ".join(r.leftover))
-    info = machine()
-    print("\nMachine: " + ", ".join(f"{k} {v}" for k, v in info.items()))
-    measured = [r for r in results if r.other_cpu_s is not None and r.wall_s]
-    if measured:
-        capacity = sum(r.wall_s or 0 for r in measured) * (os.cpu_count() or 1)
-        share = sum(r.other_cpu_s or 0 for r in measured) / capacity
-        print(f"CPU used by processes outside the benchmark during its jobs: {share:.0%} (near 0% when undisturbed)")
-    print(f"Benchmark time: {time.monotonic() - started:.0f} s")
-    if args.json:
-        payload = {
-            "machine": info,
-            "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-            "jobs": [{**asdict(r), "disturbed": r.disturbed} for r in results],
-        }
-        args.json.write_text(json.dumps(payload, indent=2))
-        print(f"Raw results: {args.json}")
-    return 0
+    return report_machine_and_save(results, args, started)
 
 
 if __name__ == "__main__":

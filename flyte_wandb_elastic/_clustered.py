@@ -127,11 +127,7 @@ class WandbClusteredTask(ClusteredTaskTemplate):
         # thread, while Flyte runs a sync function in a thread of its own; once in a local run.
         config = self.plugin_config
         ctx = flyte.ctx()
-        shares = (
-            bool(ctx)
-            and ctx.mode != "local"
-            and node_shares_a_service(config.wandb.resolved(ctx.custom_context), config.replicas, config.nproc_per_node)
-        )
+        shares = node_shares_a_service(ctx, config.wandb, config.replicas, config.nproc_per_node)
         hooks = RankHooks(self.func, config.wandb, config.replicas, config.nproc_per_node, start_node_service=shares)
         output_path = ctx.output_path if ctx else None
         with hooks.session(interrupt=False, on_stopped=functools.partial(upload_peer_failure, output_path)):

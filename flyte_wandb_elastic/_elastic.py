@@ -47,12 +47,7 @@ class WandbElasticTask(TorchFunctionTask):
         hooked = copy.copy(self)
         config = self.plugin_config
         hooked.func = RankHooks(self.func, config.wandb_options(), self.max_nodes, config.nproc_per_node)
-        ctx = flyte.ctx()
-        shares = (
-            bool(ctx)
-            and ctx.mode != "local"  # a local run is one process
-            and node_shares_a_service(config.resolved(ctx.custom_context), self.max_nodes, config.nproc_per_node)
-        )
+        shares = node_shares_a_service(flyte.ctx(), config.wandb_options(), self.max_nodes, config.nproc_per_node)
         with node_service() if shares else contextlib.nullcontext():
             return await TorchFunctionTask.execute(hooked, *args, **kwargs)
 

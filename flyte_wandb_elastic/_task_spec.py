@@ -48,18 +48,22 @@ def with_api_key(secrets: Any, key: str | None, group: str | None) -> Any:
     return [*kept, flyte.Secret(key=key, group=group, as_env_var=API_KEY_ENV)]
 
 
-def node_shares_a_service(options: WandbOptions, max_nodes: int, nproc_per_node: int) -> bool:
+def node_shares_a_service(ctx: Any, declared: WandbOptions, max_nodes: int, nproc_per_node: int) -> bool:
     """Whether a node's ranks should share one W&B service, by the planner.
 
     Worth it when several ranks of a node open runs. Only runs with distinct ids can share one: a
     W&B service holds one stream per run id, so the writers of a shared-mode run each keep their
-    own service.
+    own service. Never in a local run (one process) or outside a task.
 
     Args:
-        options: The task's options, resolved with the run context.
+        ctx: The task context (`flyte.ctx()`).
+        declared: The task's declared options; the run context fills the unset ones.
         max_nodes: The most nodes the task may run on.
         nproc_per_node: Ranks per node.
     """
+    if not ctx or ctx.mode == "local":
+        return False
+    options = declared.resolved(ctx.custom_context)
     plans = [
         plan_rank(options, Topology.in_job(local, max_nodes, nproc_per_node), "run", "action", max_nodes)
         for local in range(nproc_per_node)
