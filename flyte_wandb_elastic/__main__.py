@@ -1,6 +1,8 @@
 """Command line of `python -m flyte_wandb_elastic`.
 
-- `inspect [--json] [DIR]` prints what each offline run file under DIR holds.
+- `inspect [--json] [URI]` prints what each W&B run file under URI holds: a `WANDB_DIR`, or the
+  copies in storage (a Flyte run's base directory, or anything under it, local or `s3://...`).
+- `sync [-n N] URI` uploads every run stored under URI to the W&B server of the environment.
 - `layout --run-mode M --rank-scope S --nodes N --nproc-per-node P` pictures which ranks of such a
   job write which runs, from the same planner as the runs.
 """
@@ -11,21 +13,32 @@ import argparse
 import json
 import os
 import sys
+import tempfile
+from pathlib import Path
 
 from ._diagram import layout_diagram
 from ._options import RANK_SCOPES, RUN_MODES, WandbOptions
+from ._persist import fetch_copies
 from ._runfiles import format_table, read_run_files
+from ._sync import DEFAULT_PARALLEL, SyncError, sync
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     parser = argparse.ArgumentParser(prog="python -m flyte_wandb_elastic")
     commands = parser.add_subparsers(dest="command", required=True)
-    inspect = commands.add_parser("inspect", help="one row per offline W&B run file under DIR")
+    inspect = commands.add_parser("inspect", help="one row per W&B run file under URI")
     inspect.add_argument(
-        "dir", nargs="?", default=os.environ.get("WANDB_DIR", "."), help="a WANDB_DIR or its wandb/ folder"
+        "dir",
+        nargs="?",
+        default=os.environ.get("WANDB_DIR", "."),
+        metavar="URI",
+        help="a WANDB_DIR, or where the run files were copied (a run base dir, local or s3://...)",
     )
     inspect.add_argument("--json", action="store_true", help="print a JSON list, one object per run file")
+    upload = commands.add_parser("sync", help="upload every run stored under URI to W&B")
+    upload.add_argument("uri", metavar="URI", help="a Flyte run's base dir (local or s3://...), or anything under it")
+    upload.add_argument("-n", type=int, default=DEFAULT_PARALLEL, help="runs uploaded at a time")
     layout = commands.add_parser("layout", help="which ranks of a job write which W&B runs")
     layout.add_argument("--run-mode", choices=RUN_MODES, default="auto")
     layout.add_argument("--rank-scope", choices=RANK_SCOPES, default="global")
@@ -38,15 +51,38 @@ def main(argv: list[str] | None = None) -> int:
         options = WandbOptions(run_mode=args.run_mode, rank_scope=args.rank_scope)
         print(layout_diagram(options, args.nodes, args.nproc_per_node))
         return 0
-    runs = read_run_files(args.dir)
-    if args.json:
-        print(json.dumps([run.as_dict() for run in runs], indent=2))
-        return 0 if runs else 1
+    if args.command == "sync":
+        return _sync(args.uri, args.n)
+    with tempfile.TemporaryDirectory(prefix="flyte-wandb-elastic-") as tmp:
+        try:
+            runs = read_run_files(fetch_copies(args.dir, Path(tmp)))
+        except FileNotFoundError as exc:
+            print(exc, file=sys.stderr)
+            return 1
+        if args.json:
+            print(json.dumps([run.as_dict() for run in runs], indent=2))
+            return 0 if runs else 1
     if not runs:
         print(f"no W&B run files under {args.dir}", file=sys.stderr)
         return 1
     print(format_table(runs))
     return 0
+
+
+def _sync(uri: str, parallel: int) -> int:
+    try:
+        report = sync(uri, parallel)
+    except (SyncError, FileNotFoundError) as exc:
+        print(f"sync: {exc}", file=sys.stderr)
+        return 2
+    for remote in report.synced:
+        print(f"synced   {remote}")
+    for remote in report.skipped:
+        print(f"skipped  {remote} (already synced)")
+    for remote, error in report.failed.items():
+        print(f"FAILED   {remote}: {error}", file=sys.stderr)
+    print(f"{len(report.synced)} synced, {len(report.skipped)} already synced, {len(report.failed)} failed")
+    return 1 if report.failed else 0
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from flyte.extend import TaskPluginRegistry
 from flyteplugins.pytorch.task import TorchFunctionTask
 
 from ._config import WandbElastic
+from ._deadline import DEFAULT_FINISH_TIMEOUT_S
 from ._hooks import RankHooks
 from ._node_service import node_service
 from ._task_spec import check_sync, node_shares_a_service, with_api_key, with_wandb_links
@@ -47,8 +48,10 @@ class WandbElasticTask(TorchFunctionTask):
         hooked = copy.copy(self)
         config = self.plugin_config
         hooked.func = RankHooks(self.func, config.wandb_options(), self.max_nodes, config.nproc_per_node)
-        shares = node_shares_a_service(flyte.ctx(), config.wandb_options(), self.max_nodes, config.nproc_per_node)
-        with node_service() if shares else contextlib.nullcontext():
+        ctx = flyte.ctx()
+        shares = node_shares_a_service(ctx, config.wandb_options(), self.max_nodes, config.nproc_per_node)
+        finish_timeout = config.wandb_options().resolved(ctx.custom_context if ctx else {}).finish_timeout
+        with node_service(finish_timeout or DEFAULT_FINISH_TIMEOUT_S) if shares else contextlib.nullcontext():
             return await TorchFunctionTask.execute(hooked, *args, **kwargs)
 
 

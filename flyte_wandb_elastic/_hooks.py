@@ -12,6 +12,7 @@ import functools
 import importlib
 import os
 import sys
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -21,10 +22,12 @@ from typing import Any
 import flyte
 
 from ._after_import import after_import
+from ._deadline import DEFAULT_FINISH_TIMEOUT_S, FINISH_SHARE, run_within
 from ._job_end import report_failure, report_return
 from ._node_service import first_rank_service, join_node_service
 from ._options import PARENT_RUN_KEY, WandbOptions
-from ._planner import plan_rank, system_metrics
+from ._persist import DEFAULT_PERSIST_INTERVAL_S, RunFilesCopier
+from ._planner import plan_rank, run_files_prefix, system_metrics
 from ._rank_run import RankRun
 from ._shutdown import STOP_EXIT_CODE, FinishOnce, Stopped, finish_on_stop
 from ._topology import Topology
@@ -87,7 +90,7 @@ class RankHooks:
         """
         ctx = flyte.ctx() or None  # outside a task, flyte.ctx() is a falsy stand-in
         topology = Topology.from_env(os.environ)
-        run, rank_run = self.pre_execute(ctx, topology)
+        run, rank_run, end = self.pre_execute(ctx, topology)
         if rank_run is None:  # no run, or the parent's: nothing to finish here
             try:
                 with self._published(ctx, run):
@@ -97,7 +100,7 @@ class RankHooks:
                 raise
             report_return(topology, wait=False)
             return
-        finish = FinishOnce(functools.partial(_finish, rank_run, run))
+        finish = FinishOnce(functools.partial(_finish, rank_run, run, end))
         error: BaseException | None = None
         with self._published(ctx, run), finish_on_stop(finish, interrupt, on_stopped) as finishing:
             try:
@@ -111,23 +114,28 @@ class RankHooks:
                 self.post_execute(finish, error, topology)
         rank_run.raise_if_failed()  # on_init_failure="raise": the rank fails, if nothing else did
 
-    def pre_execute(self, ctx: Any, topology: Topology) -> tuple[Any, RankRun | None]:
+    def pre_execute(self, ctx: Any, topology: Topology) -> tuple[Any, RankRun | None, RankEnd]:
         """Start opening this rank's run if the plan says so (in the background by default).
 
+        Once the run is open, its run directory is copied to durable storage every
+        `persist_interval` seconds, from a thread of its own.
+
         Returns:
-            What `get_wandb_run()` answers (the run, a `RankRun` still opening, or `None`), and
-            the `RankRun` this hook owns and so finishes (`None` for no run, or the parent's).
+            What `get_wandb_run()` answers (the run, a `RankRun` still opening, or `None`), the
+            `RankRun` this hook owns and so finishes (`None` for no run, or the parent's), and
+            what the end of the rank needs.
         """
         context = ctx.custom_context if ctx else {}
         options = self.options.resolved(context)
         action = ctx.action if ctx else None
         run_name, action_name = (action.run_name or "", action.name) if action else (None, "")
         plan = plan_rank(options, topology, run_name, action_name, self.max_nodes, context.get(PARENT_RUN_KEY))
+        end = RankEnd(options.finish_timeout or DEFAULT_FINISH_TIMEOUT_S)
         if not plan.opens_run:
-            return None, None
+            return None, None, end
         live = _current_run.get()
         if live is not None and live.id == plan.run_id:
-            return live, None  # the parent's run, open in this same process (a local run)
+            return live, None, end  # the parent's run, open in this same process (a local run)
         attempt = int(os.environ.get("FLYTE_ATTEMPT_NUMBER", "0"))
         meta = None
         if action is not None:
@@ -150,6 +158,10 @@ class RankHooks:
         stats = system_metrics(plan, topology, options.run_mode, _gpus_visible())
         background = not options.blocking_init
         start_node_service = self.start_node_service
+        copy_prefix = run_files_prefix(
+            options, ctx.run_base_dir if ctx else None, run_name, action_name, topology.rank or 0
+        )
+        interval = options.persist_interval or DEFAULT_PERSIST_INTERVAL_S
 
         def opener(rank_run: RankRun) -> Any:
             # wandb itself first, then this package's modules that call it: the end of wandb's
@@ -160,7 +172,10 @@ class RankHooks:
             first_rank_service() if start_node_service else join_node_service()
             from . import _wandb_run
 
-            run = _wandb_run.open_run(plan, options, meta, resuming, stats)
+            run = _wandb_run.open_run(plan, options, meta, resuming, stats, copy_prefix)
+            if copy_prefix is not None:
+                end.copier = RunFilesCopier(_wandb_run.run_dir(run), copy_prefix, interval)
+                end.copier.start()
             if background:
                 _wandb_run.open_globals(rank_run, run)
             return run
@@ -173,12 +188,12 @@ class RankHooks:
             from . import _wandb_run
 
             _wandb_run.make_global(run)
-            return run, rank_run
+            return run, rank_run, end
         # W&B's globals are this run's from the end of wandb's import, whichever thread imports
         # it (this one, now, if the user's code already has): `wandb.log` works from the first line.
         after_import("wandb", functools.partial(_make_global, rank_run))
         rank_run.start()
-        return rank_run, rank_run
+        return rank_run, rank_run, end
 
     def post_execute(self, finish: FinishOnce, error: BaseException | None, topology: Topology) -> None:
         """Finish the run: exit code 0, 1 when the function raised, 143 when the rank was stopped.
@@ -218,16 +233,49 @@ def _make_global(run: Any) -> None:
     _wandb_run.make_global(run)
 
 
-def _finish(rank_run: RankRun, published: Any, exit_code: int, error: str | None) -> None:
-    """Finish the run once every queued call is written, then hand W&B's globals back."""
+@dataclass
+class RankEnd:
+    """What the end of a rank needs: its time bound and, once the run is open, its copier."""
+
+    finish_timeout: float
+    copier: RunFilesCopier | None = None
+
+
+def _finish(rank_run: RankRun, published: Any, end: RankEnd, exit_code: int, error: str | None) -> None:
+    """Finish the run once every queued call is written, copy its files a last time, hand W&B's globals back.
+
+    The end is bounded (see `_deadline`): the clock starts once the run is open (a run still
+    opening first gets `init_timeout`, whose failure falls back offline, so no queued row is lost).
+    """
+    from ._rank_run import logger
+
+    uploaded: list[bool] = []
 
     def finish(run: Any) -> None:
         from . import _wandb_run
 
-        _wandb_run.finish_run(run, exit_code, error)
+        uploaded.append(_wandb_run.finish_run(run, exit_code, error))
 
     try:
-        rank_run.finish_when_open(finish)
+        rank_run.wait_open()
+        started = time.monotonic()
+        finish_s = FINISH_SHARE * end.finish_timeout
+        try:
+            if not run_within(lambda: rank_run.finish_when_open(finish), finish_s, "flyte-wandb-elastic-finish"):
+                logger.warning(
+                    "W&B did not finish %r within %.0f s (finish_timeout=%g): this rank ends without it. "
+                    "Its run files hold every row; upload them with `python -m flyte_wandb_elastic sync`.",
+                    rank_run,
+                    finish_s,
+                    end.finish_timeout,
+                )
+                from . import _wandb_run
+
+                _wandb_run.kill_own_services()
+        finally:
+            if end.copier is not None:
+                left = end.finish_timeout - (time.monotonic() - started)
+                end.copier.final_copy(left, synced=bool(uploaded and uploaded[0]))
     finally:
         if "wandb" in sys.modules:  # the globals were set only if wandb was imported
             from . import _wandb_run

@@ -42,15 +42,17 @@ def task_context(
     custom_context: Mapping[str, str] | None = None,
     project: str = "local",
     domain: str = "development",
+    run_base_dir: str | None = None,
 ) -> TaskContext:
-    """A remote-mode Flyte task context, as a pod gets, with its paths under `work_dir`."""
+    """A remote-mode Flyte task context, as a pod gets, with its paths under `work_dir` (and the
+    run's base directory there too, unless `run_base_dir` is given)."""
     work = Path(work_dir)
     return TaskContext(
         action=ActionID(name=action_name, run_name=run_name, project=project, domain=domain, org="local"),
         version="local",
         raw_data_path=RawDataPath(path=str(work / "raw")),
         output_path=str(work / "outputs"),
-        run_base_dir=str(work / "base"),
+        run_base_dir=run_base_dir or str(work / "base"),
         report=Report(name=action_name),
         mode="remote",
         custom_context=dict(custom_context or {}),

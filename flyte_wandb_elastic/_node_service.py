@@ -20,6 +20,7 @@ or whose address no longer answers, leaves each rank to start its own.
 from __future__ import annotations
 
 import fcntl
+import functools
 import os
 import shutil
 import tempfile
@@ -29,6 +30,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from ._deadline import DEFAULT_FINISH_TIMEOUT_S, run_within
 from ._rank_run import lower_this_threads_priority
 
 SERVICE_ENV = "WANDB_SERVICE"
@@ -38,8 +40,12 @@ JOIN_TIMEOUT_S = 30.0
 
 
 @contextmanager
-def node_service() -> Iterator[None]:
-    """Run the block with a W&B service for this node's ranks (launching process)."""
+def node_service(finish_timeout: float = DEFAULT_FINISH_TIMEOUT_S) -> Iterator[None]:
+    """Run the block with a W&B service for this node's ranks (launching process).
+
+    The service is stopped within `finish_timeout` seconds of the block's end, whatever the W&B
+    server does (the ranks have ended their runs within the same bound by then).
+    """
     if os.environ.get(SERVICE_ENV):  # the user already shares one
         yield
         return
@@ -71,7 +77,12 @@ def node_service() -> Iterator[None]:
         if started and started[0]:
             from . import _wandb_run
 
-            _wandb_run.stop_node_service(exit_code)
+            stop = functools.partial(_wandb_run.stop_node_service, exit_code)
+            if not run_within(stop, finish_timeout, "flyte-wandb-elastic-service-stop"):
+                _wandb_run.logger.warning(
+                    "the node's W&B service did not stop within %.0f s (finish_timeout); stopping it", finish_timeout
+                )
+                _wandb_run.kill_own_services()
         shutil.rmtree(folder, ignore_errors=True)
 
 

@@ -29,7 +29,17 @@ CONTEXT_PREFIX = "wandb_"
 PARENT_RUN_KEY = "_wandb_run_id"
 # Context fields stored as JSON (the rest are plain strings).
 _JSON_FIELDS = frozenset(
-    {"tags", "config", "download_logs", "kwargs", "flush_interval", "init_timeout", "blocking_init"}
+    {
+        "tags",
+        "config",
+        "download_logs",
+        "kwargs",
+        "flush_interval",
+        "init_timeout",
+        "blocking_init",
+        "finish_timeout",
+        "persist_interval",
+    }
 )
 # `wandb.init` arguments that the options own; `init_kwargs` must not repeat them.
 _OWNED_INIT_ARGS = frozenset({"project", "entity", "id", "name", "group", "tags", "config", "notes", "job_type"})
@@ -74,6 +84,16 @@ class WandbOptions:
             at once; what it logs before W&B is ready is queued and written in order. `True`:
             each logging rank waits for `wandb.init` before the function starts (with
             `on_init_failure="raise"`, the rank then fails before training, not at its end).
+        finish_timeout: The most seconds the end of a logging rank may take once its run is open
+            and its function has returned: W&B's upload of what is left and the last copy of the
+            run files together (default 60). A W&B server that is lost, hangs or answers errors
+            then never holds the job: the rank ends, and everything it logged is in the copy of
+            its run files, for `python -m flyte_wandb_elastic sync`.
+        persist_interval: Seconds between copies of each logging rank's W&B run directory into
+            the task's durable storage (default 30); a last copy is made at the end of the rank.
+            Each copy sends only what was written since the one before.
+        persist_to: Where the copies go: a storage URI or directory (`s3://bucket/wandb`). Default:
+            `wandb/` under the Flyte run's base directory (`flyte.ctx().run_base_dir`).
     """
 
     project: str | None = None
@@ -94,12 +114,15 @@ class WandbOptions:
     init_timeout: float | None = None
     on_init_failure: OnInitFailure | None = None
     blocking_init: bool | None = None
+    finish_timeout: float | None = None
+    persist_interval: float | None = None
+    persist_to: str | None = None
 
     def __post_init__(self) -> None:
         if self.blocking_init is not None and not isinstance(self.blocking_init, bool):
             raise invalid("blocking_init", self.blocking_init, "True, False or None")
         _check_choice("on_init_failure", self.on_init_failure, ON_INIT_FAILURE)
-        for name in ("flush_interval", "init_timeout"):
+        for name in ("flush_interval", "init_timeout", "finish_timeout", "persist_interval"):
             value = getattr(self, name)
             if value is not None and (
                 isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 3600
@@ -108,7 +131,7 @@ class WandbOptions:
         _check_choice("run_mode", self.run_mode, RUN_MODES)
         _check_choice("rank_scope", self.rank_scope, RANK_SCOPES)
         _check_choice("mode", self.mode, MODES)
-        for name in ("project", "entity", "id", "name", "group", "notes", "job_type"):
+        for name in ("project", "entity", "id", "name", "group", "notes", "job_type", "persist_to"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, str) or not value.strip()):
                 raise invalid(name, value, "a non-empty string or None")

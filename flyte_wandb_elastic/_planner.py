@@ -127,3 +127,22 @@ def system_metrics(plan: RankPlan, topology: Topology, run_mode: str | None, gpu
     if topology.local_rank != 0:
         settings["x_stats_disk_paths"] = []
     return settings
+
+
+def run_files_prefix(
+    options: WandbOptions, run_base_dir: str | None, run_name: str | None, action_name: str, rank: int
+) -> str | None:
+    """Where the rank's W&B run directories are copied in durable storage, or `None` for nowhere.
+
+    `{persist_to}/{run name}/{action}/rank-{r}` when the user declared `persist_to`, else
+    `{run base dir}/wandb/{action}/rank-{r}`: one prefix per writer, so no two processes ever write
+    the same objects, and every run of a Flyte run lies under its base directory. Outside a Flyte
+    task (no run base directory) and with no `persist_to`, nothing is copied.
+    """
+    if options.persist_to:
+        root = "/".join(p for p in (options.persist_to.rstrip("/"), run_name or "no-run", action_name) if p)
+    elif run_base_dir:
+        root = f"{run_base_dir.rstrip('/')}/wandb/{action_name or 'task'}"
+    else:
+        return None
+    return f"{root}/rank-{rank}"

@@ -17,6 +17,7 @@ from wandb import env as wandb_env
 from wandb.sdk.lib import module as wandb_module
 from wandb.sdk.wandb_init import _set_global_run
 
+from ._deadline import DEFAULT_FINISH_TIMEOUT_S, WANDB_SHARE
 from ._options import WandbOptions
 from ._planner import RankPlan
 
@@ -32,6 +33,7 @@ def open_run(
     flyte_meta: dict[str, Any] | None,
     resuming: bool = False,
     stats: dict[str, Any] | None = None,
+    copy_prefix: str | None = None,
 ) -> Any:
     """Call `wandb.init` for this rank as `plan` says.
 
@@ -48,6 +50,8 @@ def open_run(
         flyte_meta: Recorded under the `flyte` key of the run config (`None` outside Flyte).
         resuming: Whether earlier attempts of this task may have written this run.
         stats: System-metric settings for this rank (see `system_metrics`); the user's win.
+        copy_prefix: Where this rank's run files are copied in storage (see `run_files_prefix`),
+            named by the fallback's warning; `None` when they are not copied.
 
     Returns:
         The `wandb.Run`.
@@ -58,6 +62,8 @@ def open_run(
     settings: dict[str, Any] = {
         # W&B flushes the transaction log every 15 s by default: a killed rank would lose its rows.
         "x_transaction_log_flush_interval": options.flush_interval or DEFAULT_FLUSH_INTERVAL_S,
+        # W&B waits for ever for a lost server at the end by default; the run files keep the rest.
+        "finish_timeout": WANDB_SHARE * (options.finish_timeout or DEFAULT_FINISH_TIMEOUT_S),
         **(stats or {}),
     }
     if options.init_timeout is not None:
@@ -126,14 +132,25 @@ def open_run(
     init_kwargs["mode"] = "offline"
     settings.pop("base_url", None)
     run = wandb.init(settings=wandb.Settings(**settings), **init_kwargs)
+    sync_dir = run.settings.sync_dir
+    upload = (
+        f"python -m flyte_wandb_elastic sync {copy_prefix.rstrip('/')}/{Path(sync_dir).name}"
+        if copy_prefix
+        else f"wandb sync {sync_dir}"
+    )
     logger.warning(
-        "wandb.init failed (%s: %s); this rank logs offline to %s instead. Upload it later with: wandb sync %s",
+        "wandb.init failed (%s: %s); this rank logs offline to %s instead. Upload it later with: %s",
         type(failure).__name__,
         failure,
-        run.settings.sync_dir,
-        run.settings.sync_dir,
+        sync_dir,
+        upload,
     )
     return run
+
+
+def run_dir(run: Any) -> str:
+    """The local directory that holds everything `run` wrote (what `wandb sync` uploads)."""
+    return str(run.settings.sync_dir)
 
 
 # The run that was W&B's global run before each rank run took its place, restored on finish.
@@ -329,8 +346,33 @@ def _last_step(run_dirs: Path, run_id: str, label: str | None) -> int | None:
     return max(steps, default=None)
 
 
-def finish_run(run: Any, exit_code: int, error: str | None = None) -> None:
-    """Finish `run` with `exit_code` (0 for success), recording `error` in its summary if given."""
+def finish_run(run: Any, exit_code: int, error: str | None = None) -> bool:
+    """Finish `run` with `exit_code` (0 for success), recording `error` in its summary if given.
+
+    Returns:
+        Whether everything the run logged is on the W&B server: an online run whose upload
+        finished within `finish_timeout`.
+    """
     if error is not None:
         run.summary["flyte_error"] = error
     run.finish(exit_code=exit_code)
+    return not run.offline and not getattr(run, "_finish_timed_out", True)
+
+
+def kill_own_services() -> None:
+    """End the `wandb-core` processes this process started, at once (Linux; elsewhere nothing).
+
+    For a finish that did not return in time: W&B's exit hook would otherwise wait for the
+    service, which waits for the server. What the run logged is in its run files already.
+    """
+    import signal
+
+    me = str(os.getpid())
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            ppid = (proc / "stat").read_text().rpartition(")")[2].split()[1]
+            if ppid == me and b"wandb-core" in (proc / "cmdline").read_bytes():
+                os.kill(int(proc.name), signal.SIGKILL)
+        except (OSError, ValueError, IndexError):
+            continue
+    os.environ.pop(wandb_env.SERVICE, None)

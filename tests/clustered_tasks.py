@@ -48,6 +48,11 @@ def flaky(steps: int = 3, fail_rank: int = 1, fail_after_s: float = 2.0) -> int:
     return tasks.flaky(steps, fail_rank, fail_after_s)
 
 
+@env.task
+def paced(steps: int = 40, interval_s: float = 0.1) -> int:
+    return tasks.paced(steps, interval_s)
+
+
 @wandb_init(**_config)
 @plain_env.task
 def train_decorated(steps: int = 3, via_globals: bool = False) -> float:

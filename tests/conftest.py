@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -73,11 +74,16 @@ def launch(
     task: str | None = None,
     during: Callable[[Path], None] | None = None,
     function: str = "train",
+    run_base_dir: str | None = None,
+    pods: bool = False,
 ) -> Launch:
     """Run the test `train` task as Flyte pods would, one process per node, and collect results.
 
     `during`, if given, is called with the per-rank facts directory once the node processes are
-    started (to signal a rank, say); the launch then waits for them to end.
+    started (to signal a rank, say); the launch then waits for them to end. `run_base_dir` is the
+    Flyte run's base directory (every node's; by default one per node under `tmp`). With `pods`,
+    each node has a `WANDB_DIR` of its own, deleted after the job (and after its run files are
+    read), as Kubernetes deletes a pod's disk.
     """
     nnodes = int(str(config.get("nnodes", 1)).split(":")[-1]) if mode == "remote" else 1
     facts_dir = tmp / "facts"
@@ -99,6 +105,7 @@ def launch(
             "action_name": action_name,
             "out": str(tmp / f"node-{node}.json"),
             "work_dir": str(tmp / f"work-{node}"),
+            **({"run_base_dir": run_base_dir} if run_base_dir else {}),
         }
         log = open(tmp / f"node-{node}.log", "w")  # noqa: SIM115 - closed below
         procs.append(
@@ -106,7 +113,7 @@ def launch(
                 subprocess.Popen(
                     [sys.executable, "-m", "tests.launcher", json.dumps(spec)],
                     cwd=REPO,
-                    env=env,
+                    env={**env, **_pod_env(tmp, node, pods)},
                     stdout=log,
                     stderr=subprocess.STDOUT,
                 ),
@@ -118,7 +125,16 @@ def launch(
     for node in range(nnodes):
         out = tmp / f"node-{node}.json"
         outcomes.append(json.loads(out.read_text()) if out.exists() else {"error": "node wrote no outcome"})
-    return _collected(tmp, nnodes, outcomes, wall_s, ended_at)
+    return _collected(tmp, nnodes, outcomes, wall_s, ended_at, pods)
+
+
+def _pod_env(tmp: Path, node: int, pods: bool) -> dict[str, str]:
+    """A node's own `WANDB_DIR` (its pod's disk), when the launch simulates pods."""
+    if not pods:
+        return {}
+    disk = tmp / f"pod-{node}"
+    disk.mkdir(parents=True, exist_ok=True)
+    return {"WANDB_DIR": str(disk)}
 
 
 def _wait_for(
@@ -142,11 +158,21 @@ def _wait_for(
     return time.monotonic() - started, time.time()
 
 
-def _collected(tmp: Path, nnodes: int, outcomes: list[dict[str, Any]], wall_s: float, ended_at: float) -> Launch:
-    """What a launch under `tmp` left behind: run files, per-rank facts and node logs."""
+def _collected(
+    tmp: Path, nnodes: int, outcomes: list[dict[str, Any]], wall_s: float, ended_at: float, pods: bool = False
+) -> Launch:
+    """What a launch under `tmp` left behind: run files, per-rank facts and node logs.
+
+    With `pods`, each node's run files are read from its own disk, which is then deleted.
+    """
     facts = {int(p.stem.split("-")[1]): json.loads(p.read_text()) for p in (tmp / "facts").glob("rank-*.json")}
     logs = [(tmp / f"node-{n}.log").read_text() for n in range(nnodes)]
-    runs = read_run_files(tmp / "wandb")
+    if pods:
+        runs = [run for n in range(nnodes) for run in read_run_files(tmp / f"pod-{n}" / "wandb")]
+        for n in range(nnodes):
+            shutil.rmtree(tmp / f"pod-{n}", ignore_errors=True)
+    else:
+        runs = read_run_files(tmp / "wandb")
     return Launch(outcomes=outcomes, runs=runs, facts=facts, logs=logs, wall_s=wall_s, ended_at=ended_at)
 
 
@@ -182,12 +208,15 @@ def launch_clustered(
     max_restarts: int = 0,
     jobset_restart_attempt: int = 0,
     rdzv_id: str = "job-1",
+    run_base_dir: str | None = None,
+    pods: bool = False,
 ) -> Launch:
     """Run a task of `tests.clustered_tasks` as a clustered task's pods do, one torchrun per node.
 
     Each node runs the command that Flyte's `clustered` entrypoint execs, with the environment it
     exports: `torchrun ... --no-python -- a0 ...`. Outcomes hold each node's exit code and, for the
-    node holding global rank 0, the task's output read back from `outputs.pb`.
+    node holding global rank 0, the task's output read back from `outputs.pb`. `run_base_dir`
+    and `pods` as for `launch`.
     """
     import asyncio
     import importlib
@@ -239,13 +268,14 @@ def launch_clustered(
             "--",
             str(bin_dir / "a0"),
             *("--inputs", str(tmp / "inputs.pb"), "--outputs-path", str(out_dir), "--version", "v1"),
-            *("--run-base-dir", str(tmp / "base"), "--name", "a0", "--run-name", "r1"),
+            *("--run-base-dir", run_base_dir or str(tmp / "base"), "--name", "a0", "--run-name", "r1"),
             *("--project", "proj", "--domain", "dev", "--org", "o"),
             *("--resolver", "flyte._internal.resolvers.default.DefaultTaskResolver"),
             *("mod", "tests.clustered_tasks", "instance", task),
         ]
         log = open(tmp / f"node-{node}.log", "w")  # noqa: SIM115 - closed below
         node_env = {**env, "NODE_RANK": str(node), "PATH": f"{bin_dir}{os.pathsep}{env.get('PATH', '')}"}
+        node_env.update(_pod_env(tmp, node, pods))
         procs.append((subprocess.Popen(command, cwd=REPO, env=node_env, stdout=log, stderr=subprocess.STDOUT), log))
     wall_s, ended_at = _wait_for(procs, facts_dir, during, started)
     outcomes: list[dict[str, Any]] = []
@@ -258,7 +288,7 @@ def launch_clustered(
         if proc.returncode != 0:
             outcome["error"] = f"node {node} exited {proc.returncode}"
         outcomes.append(outcome)
-    return _collected(tmp, nnodes, outcomes, wall_s, ended_at)
+    return _collected(tmp, nnodes, outcomes, wall_s, ended_at, pods)
 
 
 def assert_agrees_with_wandb_reader(runs: list[RunFile]) -> None:

@@ -31,7 +31,13 @@ def run(spec: dict[str, Any]) -> Any:
     if spec.get("mode") == "local":
         return flyte.with_runcontext(mode="local").run(task, **inputs).outputs()[0]
     tctx = task_context(
-        spec["work_dir"], spec["run_name"], spec["action_name"], spec.get("custom_context"), "proj", "dev"
+        spec["work_dir"],
+        spec["run_name"],
+        spec["action_name"],
+        spec.get("custom_context"),
+        "proj",
+        "dev",
+        run_base_dir=spec.get("run_base_dir"),
     )
     return execute_node(task, tctx, inputs)
 

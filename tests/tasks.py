@@ -111,6 +111,32 @@ def burst(rows: int = 200, first_step: int = 100, pause_s: float = 0.0) -> int:
     return rows
 
 
+def paced(steps: int = 40, interval_s: float = 0.1) -> int:
+    """Log `steps` rows `interval_s` apart; after each, note its step and wall time in the facts
+    directory (one `step time` line per row in `rank-<r>.steps`), so a test knows when each row was
+    logged. Records the facts (with the run's `url`) once the run is open.
+    """
+    info = get_distributed_info()
+    rank = info["rank"] if info else 0
+    run = get_wandb_run()
+    facts_dir = os.environ.get("TEST_FACTS_DIR")
+    steps_file = open(Path(facts_dir, f"rank-{rank}.steps"), "a") if facts_dir else None  # noqa: SIM115
+    try:
+        for step in range(steps):
+            if run is not None:
+                run.log({"row": step, "rank": rank})
+                if steps_file is not None:
+                    steps_file.write(f"{step} {time.time()}\n")
+                    steps_file.flush()
+            time.sleep(interval_s)
+    finally:
+        if steps_file is not None:
+            steps_file.close()
+    urls = {"url": run.url, "project_url": run.project_url} if run is not None and not run.offline else {}
+    _record_facts(rank, run, info, **urls, returned_at=time.time())
+    return steps
+
+
 def _record_facts(rank: int, run: Any, info: dict[str, Any] | None, **more: Any) -> None:
     facts_dir = os.environ.get("TEST_FACTS_DIR")
     if not facts_dir:
@@ -137,5 +163,5 @@ def make_env(**config: Any) -> flyte.TaskEnvironment:
 
 
 def make_task(function: str = "train", **config: Any) -> Any:
-    """The task for `function` (`train`, `flaky` or `burst`) on an environment built from `config`."""
-    return make_env(**config).task({"train": train, "flaky": flaky, "burst": burst}[function])
+    """The task for `function` (`train`, `flaky`, `burst` or `paced`) on an environment built from `config`."""
+    return make_env(**config).task({"train": train, "flaky": flaky, "burst": burst, "paced": paced}[function])

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import wandb
-
 from flyte_wandb_elastic import _wandb_run
 
 

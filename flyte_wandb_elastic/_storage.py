@@ -1,0 +1,71 @@
+"""Durable storage, only through Flyte's storage layer (`flyte.storage`).
+
+Whatever storage the pod is configured for (file://, s3://, gs://, abfs://, or a local directory)
+works, with the credentials Flyte's own storage layer reads from the environment. Every call here
+is synchronous and runs its own event loop: callers are background threads and the command line,
+never the training thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import flyte.storage as storage
+
+
+def _local(uri: str) -> Path | None:
+    """The local path of `uri`, or `None` when it is remote."""
+    if storage.is_remote(uri):
+        return None
+    return Path(uri.removeprefix("file://"))
+
+
+def join(*parts: str) -> str:
+    """`parts` joined with `/`, without doubled separators."""
+    return "/".join(p.strip("/") if i else p.rstrip("/") for i, p in enumerate(parts) if p)
+
+
+def put_bytes(uri: str, data: bytes) -> None:
+    """Write `data` as the object (or file) `uri`, replacing it."""
+    local = _local(uri)
+    if local is not None:
+        local.parent.mkdir(parents=True, exist_ok=True)
+    asyncio.run(storage.put_stream(data, to_path=uri))
+
+
+def read_bytes(uri: str) -> bytes | None:
+    """The content of the object `uri`, or `None` when there is none."""
+    local = _local(uri)
+    if local is not None:
+        return local.read_bytes() if local.is_file() else None
+
+    async def read() -> bytes | None:
+        if not await storage.exists(uri):
+            return None
+        return b"".join([chunk async for chunk in storage.get_stream(uri)])
+
+    return asyncio.run(read())
+
+
+def download_tree(uri: str, to: Path) -> Path:
+    """Copy every object under `uri` into the directory `to`; returns the local root of the copy.
+
+    A local `uri` is read where it is, not copied.
+
+    Raises:
+        FileNotFoundError: Nothing is stored under `uri`.
+    """
+    local = _local(uri)
+    if local is not None:
+        if not local.exists():
+            raise FileNotFoundError(f"{uri}: no such directory")
+        return local
+    fs: Any = storage.get_underlying_filesystem(path=uri)
+    found = fs.find(uri.split("://", 1)[1])
+    if not found:
+        raise FileNotFoundError(f"{uri}: nothing is stored there")
+    to.mkdir(parents=True, exist_ok=True)
+    asyncio.run(storage.get(uri, str(to), recursive=True))
+    return to

@@ -1,0 +1,102 @@
+"""`sync`: upload every run stored under a URI to the W&B server of the environment.
+
+For clusters whose pods cannot reach W&B (air-gapped, or a server lost mid-run): the run files
+each rank copied to storage are uploaded from anywhere that can reach both, with W&B's own sync
+machinery (`wandb sync`, several runs at a time). Each run directory synced is recorded beside its
+copy in storage (`flyte-wandb-synced.json`), so a second `sync` sends nothing; an online run whose
+upload finished in the pod is recorded so by the pod.
+
+Process: wherever the command runs (a laptop, or a Flyte task: see `examples/sync_task.py`).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import _storage
+from ._persist import SYNCED_MARKER, fetch_copies, mark_synced, run_dirs
+
+DEFAULT_BASE_URL = "https://api.wandb.ai"
+DEFAULT_PARALLEL = 4
+SYNC_TIMEOUT_S = 1800
+
+
+class SyncError(RuntimeError):
+    """Nothing can be synced: no API key, or no reachable server."""
+
+
+@dataclass
+class SyncReport:
+    """What one `sync` did: the run directories uploaded, skipped (already synced) and failed."""
+
+    synced: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+
+
+def check_server(environ: dict[str, str] | os._Environ[str]) -> str:
+    """The W&B base URL of the environment, once it is known to answer and a key is set.
+
+    Raises:
+        SyncError: `WANDB_API_KEY` is not set, or the server does not answer.
+    """
+    if not environ.get("WANDB_API_KEY"):
+        raise SyncError("no W&B API key: set WANDB_API_KEY (and WANDB_BASE_URL for a self-hosted server)")
+    base_url = environ.get("WANDB_BASE_URL", DEFAULT_BASE_URL).rstrip("/")
+    try:
+        urllib.request.urlopen(base_url, timeout=10).close()
+    except urllib.error.HTTPError:
+        pass  # it answered
+    except (OSError, ValueError) as exc:
+        raise SyncError(f"the W&B server at {base_url} (WANDB_BASE_URL) cannot be reached: {exc}") from None
+    return base_url
+
+
+def sync(uri: str, parallel: int = DEFAULT_PARALLEL) -> SyncReport:
+    """Upload every run directory stored under `uri` that is not yet recorded as synced.
+
+    Raises:
+        SyncError: No key or no reachable server (nothing was sent).
+        FileNotFoundError: Nothing is stored under `uri`.
+    """
+    check_server(os.environ)
+    report = SyncReport()
+    with tempfile.TemporaryDirectory(prefix="flyte-wandb-elastic-sync-") as tmp:
+        root = fetch_copies(uri, Path(tmp))
+        todo = []
+        for run_dir in run_dirs(root):
+            remote = _storage.join(uri, run_dir.relative_to(root).as_posix())
+            if (run_dir / SYNCED_MARKER).exists():
+                report.skipped.append(remote)
+            else:
+                todo.append((run_dir, remote))
+        with ThreadPoolExecutor(max_workers=max(1, parallel)) as pool:
+            for remote, error in pool.map(lambda job: (job[1], _sync_one(*job)), todo):
+                if error is None:
+                    report.synced.append(remote)
+                else:
+                    report.failed[remote] = error
+    return report
+
+
+def _sync_one(run_dir: Path, remote: str) -> str | None:
+    """Upload one run directory with `wandb sync` and record it as synced; the error, or `None`."""
+    wandb_cli = shutil.which("wandb", path=str(Path(sys.executable).parent)) or "wandb"
+    command = [wandb_cli, "sync", "--include-online", "--include-synced", str(run_dir)]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=SYNC_TIMEOUT_S, check=False)
+    except subprocess.TimeoutExpired:
+        return f"wandb sync did not finish within {SYNC_TIMEOUT_S} s"
+    if done.returncode != 0:
+        return (done.stderr or done.stdout).strip().splitlines()[-1:][0] if (done.stderr or done.stdout) else "failed"
+    mark_synced(remote, "python -m flyte_wandb_elastic sync")
+    return None

@@ -1,0 +1,343 @@
+"""On a cluster: every run reaches a real W&B-compatible server, the end of a job is bounded whatever
+the server does, and every row outlives the pods in a real S3-compatible storage, from where `sync`
+brings it to W&B.
+
+Real launches of both engines (torch elastic; torchrun + `a0`), each node with a disk of its own
+that is deleted after the job, against `openwandb` and `moto_server` on loopback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from flyte_wandb_elastic import WandbOptions
+from flyte_wandb_elastic._planner import plan_rank
+from flyte_wandb_elastic._topology import Topology
+from tests.conftest import REPO, Launch, launch, launch_clustered
+from tests.servers import ENTITY, S3Server, WandbServer
+
+pytestmark = pytest.mark.launch
+
+PROJECT = "p"
+STEPS = 20
+LAYOUTS = [(m, s) for m in ("auto", "shared", "new") for s in ("global", "worker")]
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    server = S3Server(tmp_path_factory.mktemp("s3"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def shared_wandb(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WandbServer]:
+    """One W&B server for the tests that leave it alone."""
+    server = WandbServer(tmp_path_factory.mktemp("openwandb"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def wandb_server(tmp_path: Path) -> Iterator[WandbServer]:
+    """A W&B server of this test's own, which the test may kill."""
+    server = WandbServer(tmp_path / "openwandb")
+    server.start()
+    yield server
+    server.stop()
+
+
+def run_job(
+    engine: str,
+    tmp: Path,
+    s3: S3Server,
+    options: dict[str, Any],
+    env: dict[str, str],
+    nodes: int = 2,
+    inputs: dict[str, Any] | None = None,
+    during: Callable[[Path], None] | None = None,
+) -> tuple[Launch, str]:
+    """Launch `paced` on `nodes` x 2 ranks with each node's own disk; the job and its run base dir."""
+    base = s3.uri(uuid.uuid4().hex[:8], "r1")
+    layout = {"nnodes": nodes} if engine == "elastic" else {"replicas": nodes}
+    config = {**layout, "nproc_per_node": 2, "project": PROJECT, "entity": ENTITY, **options}
+    kwargs: dict[str, Any] = {
+        "inputs": {"steps": STEPS, "interval_s": 0.05, **(inputs or {})},
+        "extra_env": {**s3.env(), **env},
+        "during": during,
+        "run_base_dir": base,
+        "pods": True,
+    }
+    if engine == "elastic":
+        return launch(tmp, config, function="paced", **kwargs), base
+    return launch_clustered(tmp, config, task="paced", **kwargs), base
+
+
+def cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """`python -m flyte_wandb_elastic ARGS` with `env` over a clean environment (no WANDB_*)."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    return subprocess.run(
+        [sys.executable, "-m", "flyte_wandb_elastic", *args],
+        env={**clean, **env},
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def writers(job: Launch) -> dict[str, set[int]]:
+    """Run id -> the ranks that write it, as the ranks themselves said."""
+    out: dict[str, set[int]] = {}
+    for rank, facts in job.facts.items():
+        if facts["run_id"]:
+            out.setdefault(facts["run_id"], set()).add(rank)
+    return out
+
+
+def expected_rows(job: Launch, steps: int = STEPS) -> dict[str, set[tuple[int, int]]]:
+    """Run id -> every (rank, row) its writers logged."""
+    return {rid: {(r, i) for r in ranks for i in range(steps)} for rid, ranks in writers(job).items()}
+
+
+def received(server: WandbServer, run_id: str) -> set[tuple[int, int]]:
+    return {(row["rank"], row["row"]) for row in server.rows(PROJECT, run_id) if "row" in row}
+
+
+def planned_ids(run_mode: str, rank_scope: str) -> set[str]:
+    options = WandbOptions(run_mode=run_mode, rank_scope=rank_scope)  # type: ignore[arg-type]
+    plans = [plan_rank(options, Topology.in_job(r, 2, 2), "r1", "a0", 2) for r in range(4)]
+    return {p.run_id for p in plans if p.opens_run and p.run_id}
+
+
+def assert_every_row_arrived(server: WandbServer, job: Launch) -> None:
+    for run_id, rows in expected_rows(job).items():
+        assert received(server, run_id) >= rows, run_id
+        assert server.runs()[run_id] == "finished", run_id
+
+
+def stored_runs(uri: str, env: dict[str, str]) -> list[dict[str, Any]]:
+    done = cli("inspect", "--json", uri, env=env)
+    assert done.returncode == 0, done.stderr
+    return list(json.loads(done.stdout))
+
+
+def wait_for_rows(facts_dir: Path, rank: int, rows: int, timeout_s: float = 90) -> None:
+    path = facts_dir / f"rank-{rank}.steps"
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if path.exists() and len(path.read_text().splitlines()) >= rows:
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"rank {rank} did not log {rows} rows within {timeout_s} s")
+
+
+@pytest.mark.parametrize("engine", ["elastic", "clustered"])
+@pytest.mark.parametrize(("run_mode", "rank_scope"), LAYOUTS)
+def test_online_every_layout_arrives_whole(
+    tmp_path: Path, s3: S3Server, shared_wandb: WandbServer, engine: str, run_mode: str, rank_scope: str
+) -> None:
+    options = {"run_mode": run_mode, "rank_scope": rank_scope, "host": shared_wandb.url, "id": uuid.uuid4().hex[:8]}
+    job, base = run_job(engine, tmp_path, s3, options, shared_wandb.env())
+    assert job.errors == [], job.logs
+    ids = {i.replace(options["id"], "r1-a0") for i in writers(job)}
+    assert ids == planned_ids(run_mode, rank_scope)
+    assert set(writers(job)) <= set(shared_wandb.runs())
+    assert_every_row_arrived(shared_wandb, job)
+    # the console links are the pages W&B itself gives for these runs
+    links = _links(engine, options)
+    urls = {f["run_id"]: f for f in job.facts.values() if f["run_id"]}
+    for link in links:
+        if run_mode == "new":
+            assert any(link == f"{f['project_url']}/groups/{link.rsplit('/', 1)[1]}" for f in urls.values()), link
+        else:
+            assert link in {f["url"] for f in urls.values()}, link
+    # every writer's run files are in storage too, recorded as synced by the pod itself
+    stored = stored_runs(base, s3.env())
+    assert sorted(r["run_id"] for r in stored) == sorted(f["run_id"] for f in job.facts.values() if f["run_id"])
+    assert all(r["steps"] == STEPS and r["exit_code"] == 0 for r in stored)
+    done = cli("sync", base, env={**s3.env(), **shared_wandb.env()})
+    assert done.returncode == 0, done.stderr
+    assert f"0 synced, {len(stored)} already synced, 0 failed" in done.stdout
+
+
+def _links(engine: str, options: dict[str, Any]) -> list[str]:
+    from flyte_wandb_elastic._links import links_for
+
+    declared = WandbOptions(project=PROJECT, entity=ENTITY, **options)
+    return [
+        link.get_link("r1", "proj", "dev", {}, "", "a0", "")
+        for link in links_for(declared, 2, 2, 2)  # both engines declare their links through links_for
+    ]
+
+
+@pytest.mark.parametrize("engine", ["elastic", "clustered"])
+def test_server_back_after_a_few_seconds_gets_every_row(
+    tmp_path: Path, s3: S3Server, wandb_server: WandbServer, engine: str
+) -> None:
+    def outage(facts_dir: Path) -> None:
+        wait_for_rows(facts_dir, 0, 5)
+        wandb_server.kill()
+        time.sleep(6)
+        wandb_server.start()
+
+    options = {"run_mode": "new", "host": wandb_server.url}
+    job, _ = run_job(
+        engine, tmp_path, s3, options, wandb_server.env(), inputs={"steps": 60, "interval_s": 0.1}, during=outage
+    )
+    assert job.errors == [], job.logs
+    for run_id, rows in expected_rows(job, 60).items():
+        assert received(wandb_server, run_id) >= rows, run_id
+        assert wandb_server.runs()[run_id] == "finished", run_id
+
+
+FINISH_TIMEOUT_S = 15.0
+# after the last rank returns: its peers' wait, the bounded finish, process and launcher exit
+END_SLACK_S = 10.0
+
+
+@pytest.mark.parametrize(("engine", "lost"), [("elastic", "refuses"), ("clustered", "hangs"), ("elastic", "hangs")])
+def test_server_lost_for_good_the_job_ends_in_time_and_sync_brings_every_row(
+    tmp_path: Path, s3: S3Server, wandb_server: WandbServer, engine: str, lost: str
+) -> None:
+    def lose(facts_dir: Path) -> None:
+        wait_for_rows(facts_dir, 0, 5)
+        wandb_server.kill() if lost == "refuses" else wandb_server.hang()
+
+    options = {"run_mode": "new", "host": wandb_server.url, "finish_timeout": FINISH_TIMEOUT_S}
+    job, base = run_job(
+        engine, tmp_path, s3, options, wandb_server.env(), inputs={"steps": 60, "interval_s": 0.1}, during=lose
+    )
+    assert job.errors == [], job.logs
+    last_return = max(f["returned_at"] for f in job.facts.values())
+    assert job.ended_at - last_return < FINISH_TIMEOUT_S + END_SLACK_S
+    # the pods are gone; the server comes back
+    wandb_server.start()
+    done = cli("sync", base, env={**s3.env(), **wandb_server.env()})
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "4 synced" in done.stdout
+    for run_id, rows in expected_rows(job, 60).items():
+        assert received(wandb_server, run_id) >= rows, run_id
+        assert wandb_server.runs()[run_id] == "finished", run_id
+
+
+@pytest.mark.parametrize("engine", ["elastic", "clustered"])
+def test_server_down_for_the_whole_job(tmp_path: Path, s3: S3Server, wandb_server: WandbServer, engine: str) -> None:
+    wandb_server.kill()
+    options = {"run_mode": "new", "host": wandb_server.url, "finish_timeout": FINISH_TIMEOUT_S}
+    job, base = run_job(engine, tmp_path, s3, options, wandb_server.env())
+    assert job.errors == [], job.logs
+    # the fallback's warning names the command that uploads the run from storage
+    assert f"Upload it later with: python -m flyte_wandb_elastic sync {base}/a0/rank-" in "".join(job.logs)
+    wandb_server.start()
+    env = {**s3.env(), **wandb_server.env()}
+    done = cli("sync", base, env=env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert_every_row_arrived(wandb_server, job)
+
+
+@pytest.mark.parametrize("engine", ["elastic", "clustered"])
+def test_offline_rows_outlive_the_pods_and_sync_once(
+    tmp_path: Path, s3: S3Server, wandb_server: WandbServer, engine: str
+) -> None:
+    job, base = run_job(engine, tmp_path, s3, {"run_mode": "shared", "rank_scope": "worker"}, {})
+    assert job.errors == [], job.logs
+    assert not any(tmp_path.glob("pod-*"))  # the pods' disks are gone
+    stored = stored_runs(base, s3.env())
+    assert len(stored) == 4  # four writers of two shared runs
+    by_rank = {r["config"]["flyte"]["rank"]: r for r in stored}
+    assert sorted(by_rank) == [0, 1, 2, 3]
+    assert all(r["steps"] == STEPS and r["exit_code"] == 0 for r in stored)
+    env = {**s3.env(), **wandb_server.env()}
+    first = cli("sync", base, env=env)
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert "4 synced, 0 already synced" in first.stdout
+    assert_every_row_arrived(wandb_server, job)
+    counts = {rid: len(wandb_server.rows(PROJECT, rid)) for rid in writers(job)}
+    second = cli("sync", base, env=env)
+    assert "0 synced, 4 already synced" in second.stdout
+    assert {rid: len(wandb_server.rows(PROJECT, rid)) for rid in writers(job)} == counts
+
+
+def test_sync_says_what_is_missing(tmp_path: Path, s3: S3Server, wandb_server: WandbServer) -> None:
+    no_key = cli("sync", s3.uri("nothing"), env={**s3.env(), "WANDB_BASE_URL": wandb_server.url})
+    assert no_key.returncode != 0 and "no W&B API key" in no_key.stderr
+    wandb_server.kill()
+    unreachable = cli("sync", s3.uri("nothing"), env={**s3.env(), **wandb_server.env()})
+    assert unreachable.returncode != 0
+    assert f"the W&B server at {wandb_server.url} (WANDB_BASE_URL) cannot be reached" in unreachable.stderr
+
+
+PERSIST_S = 5.0
+
+
+def _kill_tree(pid: int) -> None:
+    """SIGKILL a process and all its descendants at once, as a lost node ends a pod."""
+    children: dict[int, list[int]] = {}
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            ppid = int((proc / "stat").read_text().rpartition(")")[2].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(ppid, []).append(int(proc.name))
+    todo, tree = [pid], []
+    while todo:
+        current = todo.pop()
+        tree.append(current)
+        todo.extend(children.get(current, []))
+    for member in tree:
+        try:
+            os.kill(member, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+@pytest.mark.parametrize("engine", ["elastic", "clustered"])
+def test_pod_killed_keeps_all_but_the_last_interval_in_storage(tmp_path: Path, s3: S3Server, engine: str) -> None:
+    killed_at: list[float] = []
+
+    def kill_pod(facts_dir: Path) -> None:
+        wait_for_rows(facts_dir, 0, 1)
+        time.sleep(3 * PERSIST_S)
+        killed_at.append(time.time())
+        for pid in _launched_pids(tmp_path):
+            _kill_tree(pid)
+
+    options = {"run_mode": "new", "persist_interval": PERSIST_S}
+    job, base = run_job(
+        engine, tmp_path, s3, options, {}, nodes=1, inputs={"steps": 600, "interval_s": 0.05}, during=kill_pod
+    )
+    assert job.errors, "the pod was killed: the job cannot have succeeded"
+    stored = {r["config"]["flyte"]["rank"]: r for r in stored_runs(base, s3.env())}
+    assert sorted(stored) == [0, 1]
+    for rank, run in stored.items():
+        logged = [line.split() for line in (tmp_path / "facts" / f"rank-{rank}.steps").read_text().splitlines()]
+        due = [int(step) for step, at in logged if float(at) < killed_at[0] - PERSIST_S - 2.0]
+        assert due and run["steps"] >= len(due), (rank, run["steps"], len(due))
+        assert run["exit_code"] is None  # killed: no exit record
+
+
+def _launched_pids(tmp: Path) -> list[int]:
+    """The node processes of the launch under `tmp` (found by their log file)."""
+    found = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            fds = list((proc / "fd").iterdir())
+            if any(os.readlink(fd).startswith(str(tmp / "node-")) for fd in fds):
+                found.append(int(proc.name))
+        except OSError:
+            continue
+    return found
