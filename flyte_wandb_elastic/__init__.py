@@ -27,6 +27,8 @@ from ._run_context import (
 from ._runfiles import RunFile, format_table, read_run_file, read_run_files
 from ._sweep import wandb_sweep
 from ._sweep_options import WandbSweepOptions, wandb_sweep_config
+from ._sync import SyncError, SyncReport
+from ._sync import sync as sync_runs
 
 try:
     __version__ = version("flyte-wandb-elastic")
@@ -36,6 +38,8 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree
 __all__ = [
     "RankRun",
     "RunFile",
+    "SyncError",
+    "SyncReport",
     "Wandb",
     "WandbClusteredTask",
     "WandbClusteredTaskEnvironment",
@@ -60,6 +64,7 @@ __all__ = [
     "read_run_file",
     "read_run_files",
     "run_ranks_locally",
+    "sync_runs",
     "wandb_config",
     "wandb_init",
     "wandb_sweep",

@@ -1,12 +1,20 @@
 """Bounding the end of a job: how the time a rank may take to end is split, and waiting no longer.
 
-A rank's end, once its run is open and its function has returned, takes at most `finish_timeout`
-seconds (default 60), whatever the W&B server does:
+A rank's end, from the return of its function, takes at most `finish_timeout` seconds (default
+60), whatever the W&B server does. The shares below count from that return:
 
+- a run still opening then (a server lost before or during `wandb.init`) is open, or safe in the
+  offline fallback, by `INIT_SHARE` of it: that is `init_timeout`'s default;
 - W&B gets `WANDB_SHARE` of it to upload what is left (`wandb.Settings.finish_timeout`: past it,
   wandb-core stops trying and the rest stays in the run files);
 - the finish call itself is abandoned at `FINISH_SHARE` of it, should wandb not keep its own bound;
-- the last copy of the run files to storage gets the rest.
+- the last copy of the run files to storage must be done by `COPY_SHARE` of it;
+- the rest is for the processes to exit: a node's launcher gives its W&B service `SERVICE_SHARE`
+  of it to stop (Elastic), once its ranks have ended.
+
+W&B's bound is a plain timeout: it cannot tell a server that is slowly taking a large upload from
+one that is gone, so an upload still going at that point is cut too. Nothing is lost: the copy in
+storage holds every row, and `sync` sends it.
 
 Process: wherever something must not wait for ever (a rank's process, a node's launcher).
 """
@@ -17,8 +25,11 @@ import threading
 from collections.abc import Callable
 
 DEFAULT_FINISH_TIMEOUT_S = 60.0
-WANDB_SHARE = 0.6
-FINISH_SHARE = 0.8
+INIT_SHARE = 0.5
+WANDB_SHARE = 0.5
+FINISH_SHARE = 0.65
+COPY_SHARE = 0.8
+SERVICE_SHARE = 0.15
 
 
 def run_within(func: Callable[[], object], timeout_s: float, name: str) -> bool:

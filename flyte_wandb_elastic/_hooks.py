@@ -22,7 +22,7 @@ from typing import Any
 import flyte
 
 from ._after_import import after_import
-from ._deadline import DEFAULT_FINISH_TIMEOUT_S, FINISH_SHARE, run_within
+from ._deadline import COPY_SHARE, DEFAULT_FINISH_TIMEOUT_S, FINISH_SHARE, run_within
 from ._job_end import report_failure, report_return
 from ._node_service import first_rank_service, join_node_service
 from ._options import PARENT_RUN_KEY, WandbOptions
@@ -244,11 +244,11 @@ class RankEnd:
 def _finish(rank_run: RankRun, published: Any, end: RankEnd, exit_code: int, error: str | None) -> None:
     """Finish the run once every queued call is written, copy its files a last time, hand W&B's globals back.
 
-    The end is bounded (see `_deadline`): the clock starts once the run is open (a run still
-    opening first gets `init_timeout`, whose failure falls back offline, so no queued row is lost).
+    The end is bounded by `end.finish_timeout` from here (see `_deadline` for how it is shared).
     """
     from ._rank_run import logger
 
+    started = time.monotonic()
     uploaded: list[bool] = []
 
     def finish(run: Any) -> None:
@@ -257,8 +257,6 @@ def _finish(rank_run: RankRun, published: Any, end: RankEnd, exit_code: int, err
         uploaded.append(_wandb_run.finish_run(run, exit_code, error))
 
     try:
-        rank_run.wait_open()
-        started = time.monotonic()
         finish_s = FINISH_SHARE * end.finish_timeout
         try:
             if not run_within(lambda: rank_run.finish_when_open(finish), finish_s, "flyte-wandb-elastic-finish"):
@@ -274,7 +272,7 @@ def _finish(rank_run: RankRun, published: Any, end: RankEnd, exit_code: int, err
                 _wandb_run.kill_own_services()
         finally:
             if end.copier is not None:
-                left = end.finish_timeout - (time.monotonic() - started)
+                left = COPY_SHARE * end.finish_timeout - (time.monotonic() - started)
                 end.copier.final_copy(left, synced=bool(uploaded and uploaded[0]))
     finally:
         if "wandb" in sys.modules:  # the globals were set only if wandb was imported

@@ -30,7 +30,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from ._deadline import DEFAULT_FINISH_TIMEOUT_S, run_within
+from ._deadline import DEFAULT_FINISH_TIMEOUT_S, SERVICE_SHARE, run_within
 from ._rank_run import lower_this_threads_priority
 
 SERVICE_ENV = "WANDB_SERVICE"
@@ -43,8 +43,8 @@ JOIN_TIMEOUT_S = 30.0
 def node_service(finish_timeout: float = DEFAULT_FINISH_TIMEOUT_S) -> Iterator[None]:
     """Run the block with a W&B service for this node's ranks (launching process).
 
-    The service is stopped within `finish_timeout` seconds of the block's end, whatever the W&B
-    server does (the ranks have ended their runs within the same bound by then).
+    The service is stopped within `SERVICE_SHARE` of `finish_timeout` after the block's end,
+    whatever the W&B server does (the ranks have ended their runs within the rest of the bound).
     """
     if os.environ.get(SERVICE_ENV):  # the user already shares one
         yield
@@ -78,9 +78,9 @@ def node_service(finish_timeout: float = DEFAULT_FINISH_TIMEOUT_S) -> Iterator[N
             from . import _wandb_run
 
             stop = functools.partial(_wandb_run.stop_node_service, exit_code)
-            if not run_within(stop, finish_timeout, "flyte-wandb-elastic-service-stop"):
+            if not run_within(stop, SERVICE_SHARE * finish_timeout, "flyte-wandb-elastic-service-stop"):
                 _wandb_run.logger.warning(
-                    "the node's W&B service did not stop within %.0f s (finish_timeout); stopping it", finish_timeout
+                    "the node's W&B service did not stop in time (finish_timeout=%g); stopping it", finish_timeout
                 )
                 _wandb_run.kill_own_services()
         shutil.rmtree(folder, ignore_errors=True)

@@ -75,8 +75,10 @@ class WandbOptions:
         init_kwargs: Any other `wandb.init` keyword argument.
         flush_interval: Seconds between flushes of each run's offline transaction log
             (default 1.0, W&B's own default is 15): a rank killed soon after logging keeps its rows.
-        init_timeout: Seconds `wandb.init` may take on a rank before it counts as failed
-            (default: W&B's, 90).
+        init_timeout: Seconds `wandb.init` may take on a rank before it counts as failed and the
+            rank logs offline (default: half of `finish_timeout`, 30 s; W&B's own is 90). A
+            larger value can hold the end of a rank whose run is still opening past
+            `finish_timeout`.
         on_init_failure: When `wandb.init` fails on a rank (server unreachable, key rejected,
             timeout): `"offline"` (default) logs that rank offline and warns with the command that
             uploads it later; `"raise"` fails the rank.
@@ -84,11 +86,12 @@ class WandbOptions:
             at once; what it logs before W&B is ready is queued and written in order. `True`:
             each logging rank waits for `wandb.init` before the function starts (with
             `on_init_failure="raise"`, the rank then fails before training, not at its end).
-        finish_timeout: The most seconds the end of a logging rank may take once its run is open
-            and its function has returned: W&B's upload of what is left and the last copy of the
-            run files together (default 60). A W&B server that is lost, hangs or answers errors
-            then never holds the job: the rank ends, and everything it logged is in the copy of
-            its run files, for `python -m flyte_wandb_elastic sync`.
+        finish_timeout: The most seconds the end of a logging rank may take once its function
+            has returned: the rest of `wandb.init` if the run is still opening, W&B's upload of
+            what is left and the last copy of the run files together (default 60). A W&B server
+            that is lost, hangs or answers errors then never holds the job: the rank ends, and
+            everything it logged is in the copy of its run files, for `python -m
+            flyte_wandb_elastic sync`.
         persist_interval: Seconds between copies of each logging rank's W&B run directory into
             the task's durable storage (default 30); a last copy is made at the end of the rank.
             Each copy sends only what was written since the one before.

@@ -130,10 +130,6 @@ class RankRun:
             run = self.wandb_run()
         return getattr(run, name)(*args, **kwargs)
 
-    def wait_open(self) -> None:
-        """Wait until the run is open, or opening it has failed."""
-        self._opened.wait()
-
     def finish_when_open(self, finish: Callable[[Any], None]) -> None:
         """Call `finish(run)` once the run is open and every queued call is written; nothing if it never opened."""
         self._opened.wait()

@@ -64,6 +64,17 @@ def check_server(environ: dict[str, str] | os._Environ[str]) -> str:
 def sync(uri: str, parallel: int = DEFAULT_PARALLEL) -> SyncReport:
     """Upload every run directory stored under `uri` that is not yet recorded as synced.
 
+    What `python -m flyte_wandb_elastic sync URI` does, to the W&B server of the environment
+    (`WANDB_BASE_URL`, `WANDB_API_KEY`).
+
+    Args:
+        uri: A Flyte run's base directory (local or a storage URI such as `s3://...`), or anything
+            under it.
+        parallel: Runs uploaded at a time.
+
+    Returns:
+        The run directories synced, skipped (already synced) and failed, as storage URIs.
+
     Raises:
         SyncError: No key or no reachable server (nothing was sent).
         FileNotFoundError: Nothing is stored under `uri`.

@@ -12,12 +12,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-import wandb
-from wandb import env as wandb_env
 from wandb.sdk.lib import module as wandb_module
 from wandb.sdk.wandb_init import _set_global_run
 
-from ._deadline import DEFAULT_FINISH_TIMEOUT_S, WANDB_SHARE
+import wandb
+from wandb import env as wandb_env
+
+from ._deadline import DEFAULT_FINISH_TIMEOUT_S, INIT_SHARE, WANDB_SHARE
 from ._options import WandbOptions
 from ._planner import RankPlan
 
@@ -59,15 +60,16 @@ def open_run(
     Raises:
         Exception: `wandb.init` failed and `on_init_failure="raise"` (or it failed offline).
     """
+    finish_timeout = options.finish_timeout or DEFAULT_FINISH_TIMEOUT_S
     settings: dict[str, Any] = {
         # W&B flushes the transaction log every 15 s by default: a killed rank would lose its rows.
         "x_transaction_log_flush_interval": options.flush_interval or DEFAULT_FLUSH_INTERVAL_S,
         # W&B waits for ever for a lost server at the end by default; the run files keep the rest.
-        "finish_timeout": WANDB_SHARE * (options.finish_timeout or DEFAULT_FINISH_TIMEOUT_S),
+        "finish_timeout": WANDB_SHARE * finish_timeout,
         **(stats or {}),
     }
-    if options.init_timeout is not None:
-        settings["init_timeout"] = options.init_timeout
+    # W&B's own default (90 s) would outlast the bound of the end for a run still opening then.
+    settings["init_timeout"] = options.init_timeout or INIT_SHARE * finish_timeout
     kwargs: dict[str, Any] = dict(options.init_kwargs)
     if options.host and options.host.rstrip("/") != _PUBLIC_HOST:
         settings["base_url"] = options.host
@@ -356,6 +358,8 @@ def finish_run(run: Any, exit_code: int, error: str | None = None) -> bool:
     if error is not None:
         run.summary["flyte_error"] = error
     run.finish(exit_code=exit_code)
+    if getattr(run, "_finish_timed_out", False):
+        _send_no_telemetry()  # the server is lost: its telemetry check would hold the exit too
     return not run.offline and not getattr(run, "_finish_timed_out", True)
 
 
@@ -376,3 +380,4 @@ def kill_own_services() -> None:
         except (OSError, ValueError, IndexError):
             continue
     os.environ.pop(wandb_env.SERVICE, None)
+    _send_no_telemetry()

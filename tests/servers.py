@@ -5,6 +5,7 @@ started again on the same port (and, for W&B, the same data), and reads back wha
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import sqlite3
@@ -47,7 +48,7 @@ def _wait_until_answers(url: str, proc: subprocess.Popen[bytes], timeout_s: floa
 class _Server:
     port: int
     proc: subprocess.Popen[bytes] | None = None
-    _hang: socket.socket | None = None
+    _hang: tuple[threading.Event, threading.Thread] | None = None
 
     def command(self) -> list[str]:
         raise NotImplementedError
@@ -71,25 +72,33 @@ class _Server:
     def hang(self) -> None:
         """Take the server's port with a listener that accepts connections and never answers."""
         self.kill()
-        sock = socket.socket()
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", self.port))
-        sock.listen(1024)
-        self._hang = sock
-        accepted: list[socket.socket] = []
+        stop = threading.Event()
 
         def accept() -> None:
-            while True:
-                try:
-                    accepted.append(sock.accept()[0])  # held open, never read or answered
-                except OSError:
-                    return
+            with socket.socket() as sock:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                sock.bind(("127.0.0.1", self.port))
+                sock.listen(1024)
+                sock.settimeout(0.1)
+                held = []  # open, never read or answered
+                ready.set()
+                while not stop.is_set():
+                    with contextlib.suppress(TimeoutError):
+                        held.append(sock.accept()[0])
+                for conn in held:
+                    conn.close()
 
-        threading.Thread(target=accept, daemon=True).start()
+        ready = threading.Event()
+        thread = threading.Thread(target=accept, daemon=True)
+        thread.start()
+        ready.wait(10)
+        self._hang = (stop, thread)
 
     def release_port(self) -> None:
         if self._hang is not None:
-            self._hang.close()
+            stop, thread = self._hang
+            stop.set()
+            thread.join()
             self._hang = None
 
     def stop(self) -> None:
@@ -108,10 +117,8 @@ class WandbServer(_Server):
         self.log = open(data_dir / "server.log", "ab")  # noqa: SIM115 - closed in stop()
 
     def command(self) -> list[str]:
-        return [str(BIN / "openwandb"), "serve", "--host", "127.0.0.1", "--port", str(self.port)] + [
-            "--data-dir",
-            str(self.data_dir),
-        ]
+        where = ("--host", "127.0.0.1", "--port", str(self.port), "--data-dir", str(self.data_dir))
+        return [str(BIN / "openwandb"), "serve", *where]
 
     def env(self) -> dict[str, str]:
         """What a pod (or `sync`) needs to reach this server online."""

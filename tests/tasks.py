@@ -111,14 +111,19 @@ def burst(rows: int = 200, first_step: int = 100, pause_s: float = 0.0) -> int:
     return rows
 
 
-def paced(steps: int = 40, interval_s: float = 0.1) -> int:
+def paced(steps: int = 40, interval_s: float = 0.1, wait_open: bool = True) -> int:
     """Log `steps` rows `interval_s` apart; after each, note its step and wall time in the facts
     directory (one `step time` line per row in `rank-<r>.steps`), so a test knows when each row was
-    logged. Records the facts (with the run's `url`) once the run is open.
+    logged. With `wait_open`, waits for the run to open first (reading W&B's page for it, recorded
+    in the facts); else the rows are queued until it opens. Records the facts at the end.
     """
     info = get_distributed_info()
     rank = info["rank"] if info else 0
     run = get_wandb_run()
+    # W&B's own page for the run (waits for the run to open, as any use of `run.url` does)
+    urls = {}
+    if run is not None and wait_open and not run.offline:
+        urls = {"url": run.url, "project_url": run.project_url}
     facts_dir = os.environ.get("TEST_FACTS_DIR")
     steps_file = open(Path(facts_dir, f"rank-{rank}.steps"), "a") if facts_dir else None  # noqa: SIM115
     try:
@@ -132,7 +137,6 @@ def paced(steps: int = 40, interval_s: float = 0.1) -> int:
     finally:
         if steps_file is not None:
             steps_file.close()
-    urls = {"url": run.url, "project_url": run.project_url} if run is not None and not run.offline else {}
     _record_facts(rank, run, info, **urls, returned_at=time.time())
     return steps
 
