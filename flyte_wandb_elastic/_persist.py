@@ -38,6 +38,8 @@ PARTS_SUFFIX = ".parts"
 # The record, beside a run directory's copy, that its rows are on a W&B server.
 SYNCED_MARKER = "flyte-wandb-synced.json"
 DEFAULT_PERSIST_INTERVAL_S = 30.0
+# A copy still going after this long (or after one interval, if longer) is warned about.
+SLOW_COPY_S = 10.0
 _APPEND_ONLY = (".wandb", ".log")
 _SKIPPED_DIRS = ("tmp",)  # W&B's scratch space: nothing in it is a record
 
@@ -70,7 +72,7 @@ class RunFilesCopier:
         def loop() -> None:
             lower_this_threads_priority()
             while not self._stop.wait(self.interval_s):
-                self.copy()
+                self._copy_in_time(max(self.interval_s, SLOW_COPY_S))
 
         self._thread = threading.Thread(target=loop, name="flyte-wandb-elastic-copy", daemon=True)
         self._thread.start()
@@ -82,19 +84,31 @@ class RunFilesCopier:
                 for path in sorted(self._files()):
                     self._send(path)
             except Exception as exc:  # storage down or refusing: next time
-                if not self._warned:
-                    self._warned = True
-                    logger.warning(
-                        "could not copy the W&B run files of %s to %s (%s: %s); retrying every %g s",
-                        self.run_dir,
-                        self.uri,
-                        type(exc).__name__,
-                        exc,
-                        self.interval_s,
-                    )
+                self._warn_once(f"{type(exc).__name__}: {exc}")
                 return False
             self.copies += 1
             return True
+
+    def _copy_in_time(self, timeout_s: float) -> None:
+        """Copy, warning once if it takes longer than `timeout_s` (storage clients retry for minutes)."""
+        if self._lock.locked():  # the last copy is still being retried: wait for it
+            return
+        try:
+            if not run_within(self.copy, timeout_s, "flyte-wandb-elastic-copying"):
+                self._warn_once(f"no answer within {timeout_s:g} s")
+        except Exception as exc:  # never in training's way
+            logger.debug("copy of %s failed: %s", self.run_dir, exc)
+
+    def _warn_once(self, why: str) -> None:
+        if not self._warned:
+            self._warned = True
+            logger.warning(
+                "could not copy the W&B run files of %s to %s (%s); retrying every %g s",
+                self.run_dir,
+                self.uri,
+                why,
+                self.interval_s,
+            )
 
     def final_copy(self, timeout_s: float, synced: bool) -> bool:
         """Stop copying in the background, copy once more (with the synced record if `synced`).
@@ -115,12 +129,13 @@ class RunFilesCopier:
         except Exception as exc:  # the record only: the copy itself is made
             logger.warning("could not record %s as synced (%s)", self.uri, exc)
             return True
+        kept = (
+            f"the copy made before it holds all but about the last {self.interval_s:g} s"
+            if self.copies
+            else "no copy of it could be made: its rows are only on this pod's disk"
+        )
         logger.warning(
-            "the last copy of %s to %s did not finish within %.0f s; the copy before it holds all but the last %g s",
-            self.run_dir,
-            self.uri,
-            timeout_s,
-            self.interval_s,
+            "the last copy of %s to %s did not finish within %.0f s; %s", self.run_dir, self.uri, timeout_s, kept
         )
         return False
 

@@ -375,7 +375,10 @@ def kill_own_services() -> None:
     for proc in Path("/proc").glob("[0-9]*"):
         try:
             ppid = (proc / "stat").read_text().rpartition(")")[2].split()[1]
-            if ppid == me and b"wandb-core" in (proc / "cmdline").read_bytes():
+            cmdline = (proc / "cmdline").read_bytes()
+            # a detached one is the node's service (clustered): its other ranks may still use it,
+            # and it stops by itself once none is connected
+            if ppid == me and b"wandb-core" in cmdline and b"--detached" not in cmdline:
                 os.kill(int(proc.name), signal.SIGKILL)
         except (OSError, ValueError, IndexError):
             continue

@@ -49,6 +49,7 @@ class _Server:
     port: int
     proc: subprocess.Popen[bytes] | None = None
     _hang: tuple[threading.Event, threading.Thread] | None = None
+    _failing: Any = None
 
     def command(self) -> list[str]:
         raise NotImplementedError
@@ -94,7 +95,33 @@ class _Server:
         ready.wait(10)
         self._hang = (stop, thread)
 
+    def fail(self) -> None:
+        """Take the server's port with an HTTP server that answers every request with a 500 error."""
+        self.kill()
+        import http.server
+
+        class Failing(http.server.BaseHTTPRequestHandler):
+            def _fail(self) -> None:
+                self.send_response(500)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            do_GET = do_POST = do_PUT = _fail
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        http.server.ThreadingHTTPServer.allow_reuse_address = True
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), Failing)
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        self._failing = server
+
     def release_port(self) -> None:
+        if self._failing is not None:
+            self._failing.shutdown()
+            self._failing.server_close()
+            self._failing = None
         if self._hang is not None:
             stop, thread = self._hang
             stop.set()
