@@ -28,7 +28,7 @@ from ._node_service import first_rank_service, join_node_service
 from ._options import PARENT_RUN_KEY, WandbOptions
 from ._persist import DEFAULT_PERSIST_INTERVAL_S, RunFilesCopier
 from ._planner import plan_rank, run_files_prefix, system_metrics
-from ._rank_run import RankRun
+from ._rank_run import RankRun, service_lost
 from ._shutdown import STOP_EXIT_CODE, FinishOnce, Stopped, finish_on_stop
 from ._topology import Topology
 
@@ -254,7 +254,14 @@ def _finish(rank_run: RankRun, published: Any, end: RankEnd, exit_code: int, err
     def finish(run: Any) -> None:
         from . import _wandb_run
 
-        uploaded.append(_wandb_run.finish_run(run, exit_code, error))
+        try:
+            uploaded.append(_wandb_run.finish_run(run, exit_code, error))
+        except Exception as exc:
+            if not service_lost(exc):
+                raise
+            logger.warning(
+                "could not finish %r: its W&B service is gone (%s); the run files hold its rows", rank_run, exc
+            )
 
     try:
         finish_s = FINISH_SHARE * end.finish_timeout

@@ -78,7 +78,12 @@ def node_service(finish_timeout: float = DEFAULT_FINISH_TIMEOUT_S) -> Iterator[N
             from . import _wandb_run
 
             stop = functools.partial(_wandb_run.stop_node_service, exit_code)
-            if not run_within(stop, SERVICE_SHARE * finish_timeout, "flyte-wandb-elastic-service-stop"):
+            try:
+                stopped = run_within(stop, SERVICE_SHARE * finish_timeout, "flyte-wandb-elastic-service-stop")
+            except Exception as exc:  # the service died under the job: nothing left to stop
+                _wandb_run.logger.warning("the node's W&B service was already gone (%s: %s)", type(exc).__name__, exc)
+                stopped = True
+            if not stopped:
                 _wandb_run.logger.warning(
                     "the node's W&B service did not stop in time (finish_timeout=%g); stopping it", finish_timeout
                 )

@@ -39,6 +39,12 @@ def lower_this_threads_priority() -> None:
         pass
 
 
+def service_lost(error: BaseException) -> bool:
+    """Whether `error` says this process lost its W&B service (`wandb-core` gone), not a bad call."""
+    lost = ("MailboxClosedError", "HandleAbandonedError", "WandbServiceConnectionError")
+    return isinstance(error, OSError) or type(error).__name__ in lost
+
+
 class RankRun:
     """A W&B run that may still be opening; forwards everything to the real run once it is open.
 
@@ -58,6 +64,7 @@ class RankRun:
         self._run: Any = None
         self._error: BaseException | None = None
         self._opened = threading.Event()
+        self._lost = False
 
     def start(self) -> None:
         """Open the run in a thread of its own, at a lower CPU priority than training."""
@@ -128,7 +135,20 @@ class RankRun:
                     self._queue.append((name, args, kwargs))
                     return None
             run = self.wandb_run()
-        return getattr(run, name)(*args, **kwargs)
+        try:
+            return getattr(run, name)(*args, **kwargs)
+        except Exception as exc:
+            if not service_lost(exc):
+                raise
+            if not self._lost:  # a W&B outage never kills training
+                self._lost = True
+                logger.warning(
+                    "this rank's W&B service is gone (%s: %s); training goes on, and what it logs from now on "
+                    "is not recorded (the rows written so far are in the run files)",
+                    type(exc).__name__,
+                    exc,
+                )
+            return None
 
     def finish_when_open(self, finish: Callable[[Any], None]) -> None:
         """Call `finish(run)` once the run is open and every queued call is written; nothing if it never opened."""

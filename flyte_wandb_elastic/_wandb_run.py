@@ -21,6 +21,7 @@ from wandb import env as wandb_env
 from ._deadline import DEFAULT_FINISH_TIMEOUT_S, INIT_SHARE, WANDB_SHARE
 from ._options import WandbOptions
 from ._planner import RankPlan
+from ._rank_run import service_lost
 
 logger = logging.getLogger("flyte_wandb_elastic")
 
@@ -118,7 +119,8 @@ def open_run(
     try:
         return wandb.init(settings=wandb.Settings(**settings), **init_kwargs)
     except Exception as exc:
-        if options.on_init_failure == "raise" or kwargs.get("mode") in ("offline", "disabled"):
+        offline_lost = kwargs.get("mode") == "offline" and service_lost(exc)  # wandb-core died: retry
+        if options.on_init_failure == "raise" or (kwargs.get("mode") in ("offline", "disabled") and not offline_lost):
             raise
         failure = exc
     # The failed attempt still holds the run id in the W&B service (the node's shared one, or this
@@ -126,7 +128,10 @@ def open_run(
     # service of this rank's own, without that directory.
     _send_no_telemetry()
     os.environ.pop(wandb_env.SERVICE, None)
-    wandb.teardown()
+    try:
+        wandb.teardown()
+    except Exception as exc:  # a service that died cannot be told to stop
+        logger.debug("wandb.teardown after the failed init: %s", exc)
     if plan.run_id:
         for path in run_dirs.glob(f"run-*-{plan.run_id}*"):
             if path.is_dir() and path.stat().st_mtime >= started - 1:

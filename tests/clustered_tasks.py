@@ -53,6 +53,13 @@ def paced(steps: int = 40, interval_s: float = 0.1, wait_open: bool = True) -> i
     return tasks.paced(steps, interval_s, wait_open)
 
 
+@env.task
+def load(
+    rows: int = 2000, interval_s: float = 0.002, reduce_every: int = 0, raise_rank: int = -1, raise_at: int = -1
+) -> int:
+    return tasks.load(rows, interval_s, reduce_every, raise_rank, raise_at)
+
+
 @wandb_init(**_config)
 @plain_env.task
 def train_decorated(steps: int = 3, via_globals: bool = False) -> float:

@@ -195,3 +195,78 @@ class S3Server(_Server):
 
     def uri(self, *parts: str) -> str:
         return "/".join([f"s3://{self.bucket}", *parts])
+
+
+class Outage:
+    """A TCP proxy in front of a server, to cut it off and bring it back without losing its data.
+
+    (`moto_server` keeps its objects in memory: killing it would lose them, which no real object
+    store does. Cutting the proxy is an outage of the store, not a loss.)
+    """
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.port = _free_port()
+        self._stop: threading.Event | None = None
+        self._threads: list[threading.Thread] = []
+        self.restore()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def restore(self) -> None:
+        """Answer on the proxy's port again."""
+        if self._stop is not None:
+            return
+        stop = self._stop = threading.Event()
+        ready = threading.Event()
+
+        def pipe(src: socket.socket, dst: socket.socket) -> None:
+            with contextlib.suppress(OSError):
+                while not stop.is_set():
+                    try:
+                        data = src.recv(65536)
+                    except TimeoutError:
+                        continue
+                    if not data:
+                        break
+                    dst.sendall(data)
+            for sock in (src, dst):
+                with contextlib.suppress(OSError):
+                    sock.close()
+
+        def serve() -> None:
+            with socket.socket() as listener:
+                listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                listener.bind(("127.0.0.1", self.port))
+                listener.listen(256)
+                listener.settimeout(0.1)
+                ready.set()
+                while not stop.is_set():
+                    try:
+                        client = listener.accept()[0]
+                    except TimeoutError:
+                        continue
+                    upstream = socket.create_connection(("127.0.0.1", self.target_port))
+                    for sock in (client, upstream):
+                        sock.settimeout(0.2)
+                    for a, b in ((client, upstream), (upstream, client)):
+                        thread = threading.Thread(target=pipe, args=(a, b), daemon=True)
+                        thread.start()
+                        self._threads.append(thread)
+
+        thread = threading.Thread(target=serve, daemon=True)
+        thread.start()
+        self._threads.append(thread)
+        ready.wait(10)
+
+    def cut(self) -> None:
+        """Refuse connections and drop the open ones."""
+        if self._stop is None:
+            return
+        self._stop.set()
+        for thread in self._threads:
+            thread.join()
+        self._threads = []
+        self._stop = None

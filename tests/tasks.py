@@ -141,6 +141,47 @@ def paced(steps: int = 40, interval_s: float = 0.1, wait_open: bool = True) -> i
     return steps
 
 
+def load(
+    rows: int = 2000, interval_s: float = 0.002, reduce_every: int = 0, raise_rank: int = -1, raise_at: int = -1
+) -> int:
+    """The fault-injection load: log `rows` rows `interval_s` apart, noting each as `paced` does.
+
+    Each rank writes its pid first (`rank-<r>.pid`). With `reduce_every`, ranks all-reduce every
+    that many rows (gloo), as training does. `raise_rank` raises at row `raise_at`, on the job's
+    first start only (not after a restart), so a restarted job can succeed.
+    """
+    info = get_distributed_info()
+    rank = info["rank"] if info else 0
+    restart = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+    facts_dir = os.environ.get("TEST_FACTS_DIR")
+    if facts_dir:
+        Path(facts_dir, f"rank-{rank}.pid").write_text(str(os.getpid()))
+    if info is not None and reduce_every:
+        dist.init_process_group("gloo")
+    run = get_wandb_run()
+    steps_file = open(Path(facts_dir, f"rank-{rank}.steps"), "a") if facts_dir else None  # noqa: SIM115
+    first_start = restart == 0 and os.environ.get("JOBSET_RESTART_ATTEMPT", "0") == "0"
+    try:
+        for row in range(rows):
+            if rank == raise_rank and row == raise_at and first_start:
+                raise ValueError(f"rank {rank} raises at row {row}")
+            if reduce_every and info is not None and row % reduce_every == 0:
+                dist.all_reduce(torch.tensor([1.0]))
+            if run is not None:
+                run.log({"row": row, "rank": rank, "restart": restart})
+                if steps_file is not None:
+                    steps_file.write(f"{row} {time.time()}\n")
+                    steps_file.flush()
+            time.sleep(interval_s)
+    finally:
+        if steps_file is not None:
+            steps_file.close()
+        if reduce_every and info is not None:
+            dist.destroy_process_group()
+    _record_facts(rank, run, info, returned_at=time.time())
+    return rows
+
+
 def _record_facts(rank: int, run: Any, info: dict[str, Any] | None, **more: Any) -> None:
     facts_dir = os.environ.get("TEST_FACTS_DIR")
     if not facts_dir:
@@ -167,5 +208,6 @@ def make_env(**config: Any) -> flyte.TaskEnvironment:
 
 
 def make_task(function: str = "train", **config: Any) -> Any:
-    """The task for `function` (`train`, `flaky`, `burst` or `paced`) on an environment built from `config`."""
-    return make_env(**config).task({"train": train, "flaky": flaky, "burst": burst, "paced": paced}[function])
+    """The task for `function` (`train`, `flaky`, `burst`, `paced` or `load`) on an environment built from `config`."""
+    functions = {"train": train, "flaky": flaky, "burst": burst, "paced": paced, "load": load}
+    return make_env(**config).task(functions[function])
