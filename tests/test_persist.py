@@ -1,0 +1,37 @@
+"""The copier the ranks use: each copy sends what was written since the last one, and the copies
+read back whole. A real offline W&B run, copied through Flyte's storage layer to a directory."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import wandb
+from flyte_wandb_elastic._persist import SYNCED_MARKER, RunFilesCopier, fetch_copies
+from flyte_wandb_elastic._runfiles import read_run_files
+
+
+def test_each_copy_sends_only_what_is_new_and_the_copies_read_back_whole(wandb_offline: Path) -> None:
+    run = wandb.init(project="p", settings=wandb.Settings(x_transaction_log_flush_interval=0.2))
+    copier = RunFilesCopier(run.settings.sync_dir, str(wandb_offline / "storage" / "rank-0"), interval_s=3600)
+    log = next(Path(run.settings.sync_dir).glob("run-*.wandb"))
+    sent = []
+    for batch in range(3):
+        for i in range(2000):
+            run.log({"row": batch * 2000 + i})
+        time.sleep(0.6)  # a transaction-log flush
+        before, size_before = copier.bytes_sent, log.stat().st_size
+        assert copier.copy()
+        sent.append(copier.bytes_sent - before)
+        if batch:  # after the first copy, never the whole file again: about a third of it here
+            assert sent[-1] < 0.6 * size_before
+    run.finish()
+    assert copier.final_copy(30, synced=True)
+    # the whole log was sent about once, in parts
+    assert copier.bytes_sent < 1.2 * log.stat().st_size + 200_000
+    [stored] = read_run_files(fetch_copies(str(wandb_offline / "storage"), wandb_offline / "read"))
+    assert [row["row"] for row in stored.rows] == list(range(6000))
+    assert stored.exit_code == 0
+    assert (wandb_offline / "storage" / "rank-0" / Path(run.settings.sync_dir).name / SYNCED_MARKER).exists()
+    # the copies in storage are left as they were (parts, not joined files)
+    assert not list((wandb_offline / "storage").rglob("run-*.wandb"))
