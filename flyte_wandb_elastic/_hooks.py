@@ -28,7 +28,7 @@ from ._node_service import first_rank_service, join_node_service
 from ._options import PARENT_RUN_KEY, WandbOptions
 from ._persist import DEFAULT_PERSIST_INTERVAL_S, RunFilesCopier
 from ._planner import plan_rank, run_files_prefix, system_metrics
-from ._rank_run import RankRun, service_lost
+from ._rank_run import RankRun, logger, service_lost
 from ._shutdown import STOP_EXIT_CODE, FinishOnce, Stopped, finish_on_stop
 from ._topology import Topology
 
@@ -246,8 +246,6 @@ def _finish(rank_run: RankRun, published: Any, end: RankEnd, exit_code: int, err
 
     The end is bounded by `end.finish_timeout` from here (see `_deadline` for how it is shared).
     """
-    from ._rank_run import logger
-
     started = time.monotonic()
     uploaded: list[bool] = []
 

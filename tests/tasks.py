@@ -124,19 +124,9 @@ def paced(steps: int = 40, interval_s: float = 0.1, wait_open: bool = True) -> i
     urls = {}
     if run is not None and wait_open and not run.offline:
         urls = {"url": run.url, "project_url": run.project_url}
-    facts_dir = os.environ.get("TEST_FACTS_DIR")
-    steps_file = open(Path(facts_dir, f"rank-{rank}.steps"), "a") if facts_dir else None  # noqa: SIM115
-    try:
-        for step in range(steps):
-            if run is not None:
-                run.log({"row": step, "rank": rank})
-                if steps_file is not None:
-                    steps_file.write(f"{step} {time.time()}\n")
-                    steps_file.flush()
-            time.sleep(interval_s)
-    finally:
-        if steps_file is not None:
-            steps_file.close()
+    for step in range(steps):
+        _log_row(run, rank, step, {"row": step, "rank": rank})
+        time.sleep(interval_s)
     _record_facts(rank, run, info, **urls, returned_at=time.time())
     return steps
 
@@ -159,7 +149,6 @@ def load(
     if info is not None and reduce_every:
         dist.init_process_group("gloo")
     run = get_wandb_run()
-    steps_file = open(Path(facts_dir, f"rank-{rank}.steps"), "a") if facts_dir else None  # noqa: SIM115
     first_start = restart == 0 and os.environ.get("JOBSET_RESTART_ATTEMPT", "0") == "0"
     try:
         for row in range(rows):
@@ -167,19 +156,24 @@ def load(
                 raise ValueError(f"rank {rank} raises at row {row}")
             if reduce_every and info is not None and row % reduce_every == 0:
                 dist.all_reduce(torch.tensor([1.0]))
-            if run is not None:
-                run.log({"row": row, "rank": rank, "restart": restart})
-                if steps_file is not None:
-                    steps_file.write(f"{row} {time.time()}\n")
-                    steps_file.flush()
+            _log_row(run, rank, row, {"row": row, "rank": rank, "restart": restart})
             time.sleep(interval_s)
     finally:
-        if steps_file is not None:
-            steps_file.close()
         if reduce_every and info is not None:
             dist.destroy_process_group()
     _record_facts(rank, run, info, returned_at=time.time())
     return rows
+
+
+def _log_row(run: Any, rank: int, row: int, data: dict[str, Any]) -> None:
+    """Log `data` where this rank has a run, and note the row and when in `rank-<r>.steps`."""
+    if run is None:
+        return
+    run.log(data)
+    facts_dir = os.environ.get("TEST_FACTS_DIR")
+    if facts_dir:
+        with open(Path(facts_dir, f"rank-{rank}.steps"), "a") as steps:
+            steps.write(f"{row} {time.time()}\n")
 
 
 def _record_facts(rank: int, run: Any, info: dict[str, Any] | None, **more: Any) -> None:
