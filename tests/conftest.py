@@ -334,17 +334,21 @@ def wait_for_facts(facts_dir: Path, rank: int, timeout_s: float = 60.0) -> dict[
 
 
 def wandb_core_processes(wandb_dir: Path) -> list[int]:
-    """Live `wandb-core` processes that belong to runs under `wandb_dir` (by their environment)."""
-    found = []
+    """Live `wandb-core` services that belong to runs under `wandb_dir` (by their environment).
+
+    A child of a service is not one: between fork and exec, the system monitor that wandb-core
+    starts (`wandb-symon`) still reads as wandb-core.
+    """
+    found: dict[int, int] = {}
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
             continue
         try:
             cmdline = (proc / "cmdline").read_bytes()
             environ = (proc / "environ").read_bytes()
-            state = (proc / "stat").read_text().split()[2]
-        except OSError:
+            state, ppid = (proc / "stat").read_text().rsplit(")", 1)[1].split()[:2]
+        except (OSError, ValueError):
             continue
         if b"wandb-core" in cmdline and f"WANDB_DIR={wandb_dir}".encode() in environ and state != "Z":
-            found.append(int(proc.name))
-    return found
+            found[int(proc.name)] = int(ppid)
+    return [pid for pid, ppid in found.items() if ppid not in found]
