@@ -45,6 +45,7 @@ def main() -> None:
 
 def _run(rows: int, copies: int, prefix: str, tmp: Path) -> None:
     import wandb
+
     from flyte_wandb_elastic._persist import RunFilesCopier, fetch_copies
     from flyte_wandb_elastic._runfiles import read_run_files
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import flyte
-
 import wandb
+
 from flyte_wandb_elastic import get_wandb_run, wandb_init
 
 env = flyte.TaskEnvironment(name="plain_env")

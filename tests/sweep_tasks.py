@@ -61,9 +61,8 @@ def agent_job(function: Callable[[], None], sweep_id: str, run_id: str, config: 
     finishes W&B's global run (exit code 1 if the function raised). Only the server calls
     (registering the agent, fetching the job) are left out.
     """
-    from wandb.sdk.lib import config_util
-
     import wandb
+    from wandb.sdk.lib import config_util
 
     def run_job() -> None:
         path = os.path.join(os.environ["WANDB_DIR"], "wandb", f"sweep-{sweep_id}", f"config-{run_id}.yaml")

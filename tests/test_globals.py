@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import wandb
+
 from flyte_wandb_elastic import _wandb_run
 
 

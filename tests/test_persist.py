@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import wandb
+
 from flyte_wandb_elastic._persist import SYNCED_MARKER, RunFilesCopier, fetch_copies
 from flyte_wandb_elastic._runfiles import read_run_files
 

@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
 import wandb
+
 from flyte_wandb_elastic._runfiles import find_run_files, format_table, iter_records, read_run_file
 from tests.conftest import assert_agrees_with_wandb_reader
 
