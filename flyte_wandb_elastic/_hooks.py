@@ -23,7 +23,7 @@ import flyte
 
 from ._after_import import after_import
 from ._deadline import COPY_SHARE, DEFAULT_FINISH_TIMEOUT_S, FINISH_SHARE, run_within
-from ._job_end import report_failure, report_return
+from ._job_end import report_failure, report_return, report_start
 from ._node_service import first_rank_service, join_node_service
 from ._options import PARENT_RUN_KEY, WandbOptions
 from ._persist import DEFAULT_PERSIST_INTERVAL_S, RunFilesCopier
@@ -90,6 +90,7 @@ class RankHooks:
         """
         ctx = flyte.ctx() or None  # outside a task, flyte.ctx() is a falsy stand-in
         topology = Topology.from_env(os.environ)
+        report_start(topology)
         run, rank_run, end = self.pre_execute(ctx, topology)
         if rank_run is None:  # no run, or the parent's: nothing to finish here
             try:

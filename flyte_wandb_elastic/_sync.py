@@ -2,9 +2,10 @@
 
 For clusters whose pods cannot reach W&B (air-gapped, or a server lost mid-run): the run files
 each rank copied to storage are uploaded from anywhere that can reach both, with W&B's own sync
-machinery (`wandb sync`, several runs at a time). Each run directory synced is recorded beside its
-copy in storage (`flyte-wandb-synced.json`), so a second `sync` sends nothing; an online run whose
-upload finished in the pod is recorded so by the pod.
+machinery (`wandb sync`, several runs at a time; the starts of one run, a restart's among them,
+one after the other and in order, so its steps arrive as they were logged). Each run directory
+synced is recorded beside its copy in storage (`flyte-wandb-synced.json`), so a second `sync`
+sends nothing; an online run whose upload finished in the pod is recorded so by the pod.
 
 Process: wherever the command runs (a laptop, or a Flyte task: see `examples/sync_task.py`).
 """
@@ -12,6 +13,7 @@ Process: wherever the command runs (a laptop, or a Flyte task: see `examples/syn
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -28,6 +30,8 @@ from ._persist import SYNCED_MARKER, fetch_copies, mark_synced, run_dirs
 DEFAULT_BASE_URL = "https://api.wandb.ai"
 DEFAULT_PARALLEL = 4
 SYNC_TIMEOUT_S = 1800
+# `[offline-]run-<YYYYMMDD_HHMMSS>-<run id>...`: a run's writer, started at that time
+_RUN_DIR = re.compile(r"^(?:offline-)?run-(\d{8}_\d{6})-")
 
 
 class SyncError(RuntimeError):
@@ -83,20 +87,42 @@ def sync(uri: str, parallel: int = DEFAULT_PARALLEL) -> SyncReport:
     report = SyncReport()
     with tempfile.TemporaryDirectory(prefix="flyte-wandb-elastic-sync-") as tmp:
         root = fetch_copies(uri, Path(tmp))
-        todo = []
-        for run_dir in run_dirs(root):
+        starts: dict[str, list[tuple[Path, str]]] = {}
+        for run_dir in sorted(run_dirs(root), key=_started):
             remote = _storage.join(uri, run_dir.relative_to(root).as_posix())
             if (run_dir / SYNCED_MARKER).exists():
                 report.skipped.append(remote)
             else:
-                todo.append((run_dir, remote))
+                starts.setdefault(_writer(run_dir), []).append((run_dir, remote))
         with ThreadPoolExecutor(max_workers=max(1, parallel)) as pool:
-            for remote, error in pool.map(lambda job: (job[1], _sync_one(*job)), todo):
-                if error is None:
-                    report.synced.append(remote)
-                else:
-                    report.failed[remote] = error
+            for outcomes in pool.map(_sync_in_order, starts.values()):
+                for remote, error in outcomes:
+                    if error is None:
+                        report.synced.append(remote)
+                    else:
+                        report.failed[remote] = error
     return report
+
+
+def _started(run_dir: Path) -> tuple[str, int, str]:
+    """When a run directory's writer started: W&B names a second start in the same second `...-1`."""
+    found = _RUN_DIR.match(run_dir.name)
+    return (found.group(1) if found else "", len(run_dir.name), run_dir.name)
+
+
+def _writer(run_dir: Path) -> str:
+    """Where a run directory lies, and its run id (from its run file's name)."""
+    run_id = next((f.stem.removeprefix("run-") for f in run_dir.glob("run-*.wandb")), run_dir.name)
+    return f"{run_dir.parent}/{run_id}"
+
+
+def _sync_in_order(starts: list[tuple[Path, str]]) -> list[tuple[str, str | None]]:
+    """Sync one writer's starts in order; once one fails, the later ones wait for the next `sync`."""
+    outcomes: list[tuple[str, str | None]] = []
+    for run_dir, remote in starts:
+        error = _sync_one(run_dir, remote) if not any(e for _, e in outcomes) else "an earlier start failed"
+        outcomes.append((remote, error))
+    return outcomes
 
 
 def _sync_one(run_dir: Path, remote: str) -> str | None:
@@ -107,7 +133,10 @@ def _sync_one(run_dir: Path, remote: str) -> str | None:
         done = subprocess.run(command, capture_output=True, text=True, timeout=SYNC_TIMEOUT_S, check=False)
     except subprocess.TimeoutExpired:
         return f"wandb sync did not finish within {SYNC_TIMEOUT_S} s"
-    if done.returncode != 0:
-        return (done.stderr or done.stdout).strip().splitlines()[-1:][0] if (done.stderr or done.stdout) else "failed"
+    output = f"{done.stderr}\n{done.stdout}".strip().splitlines()
+    # Some refusals (a rewind the server does not offer, say) exit 0 and only print an error.
+    errors = [line for line in output if line.startswith("wandb: ERROR")]
+    if done.returncode != 0 or errors:
+        return (errors or output or ["failed"])[0].removeprefix("wandb: ")
     mark_synced(remote, "python -m flyte_wandb_elastic sync")
     return None

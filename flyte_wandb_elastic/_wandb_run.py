@@ -12,11 +12,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from wandb.sdk.lib import module as wandb_module
-from wandb.sdk.wandb_init import _set_global_run
-
 import wandb
 from wandb import env as wandb_env
+from wandb.sdk.lib import module as wandb_module
+from wandb.sdk.wandb_init import _set_global_run
 
 from ._deadline import DEFAULT_FINISH_TIMEOUT_S, INIT_SHARE, WANDB_SHARE
 from ._options import WandbOptions
@@ -42,9 +41,10 @@ def open_run(
     When init fails online and `options.on_init_failure` is not `"raise"`, the rank logs offline
     instead, and a warning names the command that uploads the run later.
 
-    A resuming rank (a torch elastic restart or a Flyte retry) reopens its run: online with
-    `resume="allow"`, so W&B continues the run's steps; offline, from the step after the last one
-    that earlier attempts wrote under the same W&B directory, so steps never go back.
+    A resuming rank (a torch elastic restart or a Flyte retry, or any rank whose W&B directory
+    holds an earlier start's files of its run) reopens its run: online with `resume="allow"`, so
+    W&B continues the run's steps; offline, from the step after the last one that earlier starts
+    wrote under the same W&B directory, so steps never go back.
 
     Args:
         plan: This rank's plan; `plan.opens_run` must be true.
@@ -95,12 +95,21 @@ def open_run(
         user_settings = user_settings.model_dump(exclude_unset=True)
     settings = {**(user_settings or {}), **settings}
     run_dirs = Path(kwargs.get("dir") or os.environ.get("WANDB_DIR") or os.getcwd(), "wandb")
-    if resuming and plan.run_id and not {"resume", "resume_from", "fork_from"} & kwargs.keys():
+    next_step = None
+    if plan.run_id and not {"resume", "resume_from", "fork_from"} & kwargs.keys():
+        # An earlier start on this pod counts even where torch elastic's restart count says 0 (an
+        # agent restarting its ranks because a peer's failed does not count it).
+        earlier = _earlier_run_files(run_dirs, plan.run_id, plan.label)
         if kwargs.get("mode") == "offline":
-            last = _last_step(run_dirs, plan.run_id, plan.label)
+            from ._runfiles import read_run_file
+
+            last = max((row["_step"] for path in earlier for row in read_run_file(path).rows[-1:]), default=None)
             if last is not None:
-                kwargs["resume_from"] = f"{plan.run_id}?_step={last}"
-        else:
+                # Not `resume_from`: `wandb sync` uploads that as a rewind, which self-managed W&B
+                # servers refuse. A plain resume that goes on from the next step syncs anywhere.
+                kwargs["resume"] = "allow"
+                next_step = last + 1
+        elif resuming or earlier:
             kwargs["resume"] = "allow"
     config = {**(options.config or {}), **({"flyte": flyte_meta} if flyte_meta is not None else {})}
     init_kwargs = {
@@ -117,7 +126,10 @@ def open_run(
     }
     started = time.time()
     try:
-        return wandb.init(settings=wandb.Settings(**settings), **init_kwargs)
+        run = wandb.init(settings=wandb.Settings(**settings), **init_kwargs)
+        if next_step is not None:  # an offline run counts steps from 0: go on from the last start's
+            run.log({}, step=next_step, commit=False)
+        return run
     except Exception as exc:
         offline_lost = kwargs.get("mode") == "offline" and service_lost(exc)  # wandb-core died: retry
         if options.on_init_failure == "raise" or (kwargs.get("mode") in ("offline", "disabled") and not offline_lost):
@@ -339,18 +351,14 @@ def stop_node_service(exit_code: int) -> None:
     os.environ.pop(wandb_env.SERVICE, None)
 
 
-def _last_step(run_dirs: Path, run_id: str, label: str | None) -> int | None:
-    """The last `_step` that earlier offline attempts of this writer logged, or `None`."""
-    from ._runfiles import read_run_file
-
+def _earlier_run_files(run_dirs: Path, run_id: str, label: str | None) -> list[Path]:
+    """The run files that earlier starts of this writer left in `run_dirs` (offline or online)."""
     suffix = f"-{run_id}-{label}" if label else f"-{run_id}"
-    steps = [
-        row["_step"]
-        for path in run_dirs.glob(f"offline-run-*{suffix}*/run-{run_id}.wandb")
+    return [
+        path
+        for path in run_dirs.glob(f"*run-*{suffix}*/run-{run_id}.wandb")
         if path.parent.name.endswith(suffix) or path.parent.name.rpartition("-")[0].endswith(suffix)
-        for row in read_run_file(path).rows[-1:]
     ]
-    return max(steps, default=None)
 
 
 def finish_run(run: Any, exit_code: int, error: str | None = None) -> bool:

@@ -321,6 +321,43 @@ def test_sync_says_what_is_missing(tmp_path: Path, s3: S3Server, wandb_server: W
     assert f"the W&B server at {wandb_server.url} (WANDB_BASE_URL) cannot be reached" in unreachable.stderr
 
 
+_TWO_STARTS = """
+import sys, wandb
+kwargs = {"id": "twice", "project": "p", "entity": "default", "mode": "offline"}
+first = wandb.init(**kwargs)
+for i in range(5):
+    first.log({"x": i})
+first.finish()
+again = wandb.init(**kwargs, **({"resume_from": "twice?_step=4"} if sys.argv[1] == "rewind" else {"resume": "allow"}))
+if sys.argv[1] != "rewind":
+    again.log({}, step=5, commit=False)
+for i in range(5, 10):
+    again.log({"x": i})
+again.finish()
+"""
+
+
+@pytest.mark.parametrize("restart", ["rewind", "resume"])
+def test_sync_of_a_restarted_offline_run(tmp_path: Path, wandb_server: WandbServer, restart: str) -> None:
+    # two starts of one offline run, written by wandb itself: the way this package reopens a run
+    # (a plain resume from the next step) syncs whole; a rewind, which W&B's self-managed servers
+    # refuse while `wandb sync` exits 0, is reported as failed and not recorded as synced
+    env = {**os.environ, **wandb_server.env(), "WANDB_DIR": str(tmp_path)}
+    subprocess.run([sys.executable, "-c", _TWO_STARTS, restart], env=env, check=True, capture_output=True)
+    done = cli("sync", str(tmp_path), env=wandb_server.env())
+    rows = wandb_server.rows(PROJECT, "twice")
+    if restart == "resume":
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "2 synced" in done.stdout
+        assert [(r["_step"], r["x"]) for r in rows] == [(i, i) for i in range(10)]
+    else:
+        assert done.returncode != 0
+        assert "rewind" in done.stdout + done.stderr
+        assert "1 synced" in done.stdout and len(rows) == 5
+        again = cli("sync", str(tmp_path), env=wandb_server.env())
+        assert "1 already synced" in again.stdout and again.returncode != 0  # tried again, not skipped
+
+
 PERSIST_S = 5.0
 
 
