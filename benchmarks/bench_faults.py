@@ -25,7 +25,7 @@ def main() -> None:
     parser.add_argument("--json", help="append one JSON line per fault to this file")
     args = parser.parse_args()
 
-    from tests.faults import INVARIANTS, as_row, draw, run_fault
+    from tests.faults import INVARIANTS, as_row, draw, harness_error, run_fault
     from tests.servers import S3Server, WandbServer
 
     with tempfile.TemporaryDirectory(prefix="bench-faults-") as tmp:
@@ -38,9 +38,15 @@ def main() -> None:
             print("| " + " | ".join(columns) + " |")
             print("|" + "---|" * len(columns))
             for i in range(args.faults):
-                outcome = run_fault(draw(args.seed + i), Path(tmp, f"fault-{i}"), s3, wandb_server)
-                row = as_row(outcome)
-                cells = [("yes" if v else "**NO**") if isinstance(v, bool) else str(v) for v in row.values()]
+                fault = draw(args.seed + i)
+                try:
+                    row = as_row(run_fault(fault, Path(tmp, f"fault-{i}"), s3, wandb_server))
+                except Exception as exc:  # the harness itself failed: a row that says so, held by nothing
+                    row = harness_error(fault, exc)
+                cells = [
+                    ("yes" if v else "**NO**") if isinstance(v, bool) else " ".join(str(v).replace("|", "/").split())
+                    for v in row.values()
+                ]
                 print("| " + " | ".join(cells) + " |", flush=True)
                 held.update(name for name in INVARIANTS if row[name])
                 if args.json:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import json
 import os
 import random
 import signal
@@ -327,5 +326,7 @@ def as_row(outcome: Outcome) -> dict[str, Any]:
     }
 
 
-def dumps(outcome: Outcome) -> str:
-    return json.dumps(as_row(outcome))
+def harness_error(fault: Fault, exc: BaseException) -> dict[str, Any]:
+    """The row of a fault whose launch or check itself failed: no invariant counts as held."""
+    outcome = Outcome(fault, True, dict.fromkeys(INVARIANTS, False), 0, 0, [f"harness: {type(exc).__name__}: {exc}"])
+    return as_row(outcome)
