@@ -76,7 +76,8 @@ def _sync(uri: str, parallel: int) -> int:
         print(f"sync: {exc}", file=sys.stderr)
         return 2
     for remote in report.synced:
-        print(f"synced   {remote}")
+        unended = " (no end recorded: the next sync sends it again)" if remote in report.unended else ""
+        print(f"synced   {remote}{unended}")
     for remote in report.skipped:
         print(f"skipped  {remote} (already synced)")
     for remote, error in report.failed.items():

@@ -178,7 +178,9 @@ def assemble(root: Path) -> None:
     """Put every `<file>.parts/` folder under `root` back together as `<file>`, in place.
 
     Parts are joined in offset order up to the first gap (a part whose upload never succeeded is
-    retried under the same offset, so a gap means the copy stopped there).
+    retried under the same offset, so a gap means the copy stopped there). A `.wandb` log ends at
+    its last whole record: a copy taken while W&B was writing one holds half of it, which W&B's
+    own reader refuses.
     """
     for parts in sorted(root.rglob("*" + PARTS_SUFFIX)):
         if not parts.is_dir():
@@ -192,7 +194,20 @@ def assemble(root: Path) -> None:
                 out.seek(int(part.name))
                 out.write(data)
                 out.truncate()
+            if target.suffix == ".wandb":  # a copy taken mid-write ends in half a record: drop it
+                out.truncate(whole_records_end(target))
         shutil.rmtree(parts)
+
+
+def whole_records_end(path: Path) -> int:
+    """Where the last whole record of a `.wandb` log ends (its size, unless its tail is torn)."""
+    from ._runfiles import _HEADER, _MAGIC, parse_records
+
+    data = path.read_bytes()
+    if data[:4] != _MAGIC:
+        return len(data)
+    ends = [end for _, end in parse_records(data, _HEADER)]
+    return ends[-1] if ends else _HEADER
 
 
 def fetch_copies(uri: str, into: Path) -> Path:

@@ -29,42 +29,51 @@ def iter_records(path: str | Path) -> Iterator[Any]:
     Raises:
         ValueError: The file does not start with the W&B header.
     """
-    from wandb.proto import wandb_internal_pb2
-
     data = Path(path).read_bytes()
     if len(data) < _HEADER or data[:4] != _MAGIC:
         raise ValueError(f"{path}: not a W&B transaction log (missing the ':W&B' header)")
-    pos = _HEADER
+    for record, _ in parse_records(data, _HEADER):
+        yield record
+
+
+def parse_records(data: bytes, start: int, base: int = 0) -> Iterator[tuple[Any, int]]:
+    """Yield each whole record in `data` from file offset `start`, with the offset just after it.
+
+    `data` holds the file's bytes from offset `base` (a reader that keeps only the unread tail of
+    a growing file passes where that tail starts). `start` must be the header's end or an offset
+    this function yielded. Stops quietly at a truncated or torn tail, which a later, longer
+    `data` may complete.
+    """
+    from wandb.proto import wandb_internal_pb2
+
+    pos = start
+    end = base + len(data)
     pending = b""
-    while pos + _CHUNK_HEADER <= len(data):
+    while pos + _CHUNK_HEADER <= end:
         left_in_block = _BLOCK - pos % _BLOCK
         if left_in_block < _CHUNK_HEADER:  # block trailer padding
             pos += left_in_block
             continue
-        crc, length, kind = struct.unpack_from("<IHB", data, pos)
-        body = data[pos + _CHUNK_HEADER : pos + _CHUNK_HEADER + length]
+        crc, length, kind = struct.unpack_from("<IHB", data, pos - base)
+        body = data[pos - base + _CHUNK_HEADER : pos - base + _CHUNK_HEADER + length]
         if kind == 0 and length == 0:  # zero padding at the end of a block
             pos += left_in_block
             continue
         if len(body) < length or zlib.crc32(bytes([kind]) + body) & 0xFFFFFFFF != crc:
             return  # truncated or torn tail
         pos += _CHUNK_HEADER + length
-        if kind == _FULL:
+        if kind in (_FULL, _FIRST):
             pending = body
-        elif kind == _FIRST:
-            pending = body
-            continue
-        elif kind == _MIDDLE:
-            pending += body
-            continue
-        elif kind == _LAST:
-            pending += body
         else:
+            pending += body
+        if kind in (_FIRST, _MIDDLE):
+            continue
+        if kind not in (_FULL, _LAST):
             return
         record = wandb_internal_pb2.Record()  # type: ignore[attr-defined]
         record.ParseFromString(pending)
         pending = b""
-        yield record
+        yield record, pos
 
 
 @dataclass

@@ -31,6 +31,7 @@ DEFAULT_BASE_URL = "https://api.wandb.ai"
 DEFAULT_PARALLEL = 4
 SYNC_TIMEOUT_S = 1800
 # `[offline-]run-<YYYYMMDD_HHMMSS>-<run id>...`: a run's writer, started at that time
+_UNENDED = "no end recorded"
 _RUN_DIR = re.compile(r"^(?:offline-)?run-(\d{8}_\d{6})-")
 
 
@@ -40,11 +41,16 @@ class SyncError(RuntimeError):
 
 @dataclass
 class SyncReport:
-    """What one `sync` did: the run directories uploaded, skipped (already synced) and failed."""
+    """What one `sync` did: the run directories uploaded, skipped (already synced) and failed.
+
+    `unended` lists the uploaded ones that recorded no end (still running, or their pod was lost):
+    they are not recorded as synced, so the next `sync` sends them again, with what they hold then.
+    """
 
     synced: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
+    unended: list[str] = field(default_factory=list)
 
 
 def check_server(environ: dict[str, str] | os._Environ[str]) -> str:
@@ -97,8 +103,10 @@ def sync(uri: str, parallel: int = DEFAULT_PARALLEL) -> SyncReport:
         with ThreadPoolExecutor(max_workers=max(1, parallel)) as pool:
             for outcomes in pool.map(_sync_in_order, starts.values()):
                 for remote, error in outcomes:
-                    if error is None:
+                    if error is None or error == _UNENDED:
                         report.synced.append(remote)
+                        if error == _UNENDED:
+                            report.unended.append(remote)
                     else:
                         report.failed[remote] = error
     return report
@@ -120,13 +128,18 @@ def _sync_in_order(starts: list[tuple[Path, str]]) -> list[tuple[str, str | None
     """Sync one writer's starts in order; once one fails, the later ones wait for the next `sync`."""
     outcomes: list[tuple[str, str | None]] = []
     for run_dir, remote in starts:
-        error = _sync_one(run_dir, remote) if not any(e for _, e in outcomes) else "an earlier start failed"
+        failed = any(e not in (None, _UNENDED) for _, e in outcomes)
+        error = "an earlier start failed" if failed else _sync_one(run_dir, remote)
         outcomes.append((remote, error))
     return outcomes
 
 
 def _sync_one(run_dir: Path, remote: str) -> str | None:
-    """Upload one run directory with `wandb sync` and record it as synced; the error, or `None`."""
+    """Upload one run directory with `wandb sync` and record it as synced if it ended.
+
+    Returns:
+        `None`, `_UNENDED` (uploaded, not recorded), or the error.
+    """
     wandb_cli = shutil.which("wandb", path=str(Path(sys.executable).parent)) or "wandb"
     command = [wandb_cli, "sync", "--include-online", "--include-synced", str(run_dir)]
     try:
@@ -138,5 +151,14 @@ def _sync_one(run_dir: Path, remote: str) -> str | None:
     errors = [line for line in output if line.startswith("wandb: ERROR")]
     if done.returncode != 0 or errors:
         return (errors or output or ["failed"])[0].removeprefix("wandb: ")
+    if not _ended(run_dir):
+        return _UNENDED
     mark_synced(remote, "python -m flyte_wandb_elastic sync")
     return None
+
+
+def _ended(run_dir: Path) -> bool:
+    """Whether the run directory's writer recorded its end (an exit record)."""
+    from ._runfiles import read_run_file
+
+    return all(read_run_file(f).exit_code is not None for f in run_dir.glob("run-*.wandb"))

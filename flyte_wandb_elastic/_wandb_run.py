@@ -99,18 +99,17 @@ def open_run(
     if plan.run_id and not {"resume", "resume_from", "fork_from"} & kwargs.keys():
         # An earlier start on this pod counts even where torch elastic's restart count says 0 (an
         # agent restarting its ranks because a peer's failed does not count it).
-        earlier = _earlier_run_files(run_dirs, plan.run_id, plan.label)
-        if kwargs.get("mode") == "offline":
-            from ._runfiles import read_run_file
+        from ._runfiles import read_run_file
 
-            last = max((row["_step"] for path in earlier for row in read_run_file(path).rows[-1:]), default=None)
-            if last is not None:
-                # Not `resume_from`: `wandb sync` uploads that as a rewind, which self-managed W&B
-                # servers refuse. A plain resume that goes on from the next step syncs anywhere.
-                kwargs["resume"] = "allow"
-                next_step = last + 1
-        elif resuming or earlier:
+        earlier = _earlier_run_files(run_dirs, plan.run_id, plan.label)
+        last = max((row["_step"] for path in earlier for row in read_run_file(path).rows[-1:]), default=None)
+        if resuming or last is not None:
+            # Not `resume_from`: `wandb sync` uploads that as a rewind, which self-managed W&B
+            # servers refuse. A plain resume that goes on from the step after the last one this
+            # pod wrote syncs anywhere, offline, and online even where the server had not yet
+            # received the last rows of the earlier start.
             kwargs["resume"] = "allow"
+            next_step = None if last is None else last + 1
     config = {**(options.config or {}), **({"flyte": flyte_meta} if flyte_meta is not None else {})}
     init_kwargs = {
         "project": options.project,
@@ -127,7 +126,9 @@ def open_run(
     started = time.time()
     try:
         run = wandb.init(settings=wandb.Settings(**settings), **init_kwargs)
-        if next_step is not None:  # an offline run counts steps from 0: go on from the last start's
+        # Offline, steps count from 0 again; online, from what reached the server. (W&B's shared
+        # mode online ignores explicit steps: its writers' steps are the server's.)
+        if next_step is not None and (kwargs.get("mode") == "offline" or plan.label is None):
             run.log({}, step=next_step, commit=False)
         return run
     except Exception as exc:
