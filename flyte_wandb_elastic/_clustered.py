@@ -128,7 +128,7 @@ class WandbClusteredTask(ClusteredTaskTemplate):
         config = self.plugin_config
         ctx = flyte.ctx()
         shares = node_shares_a_service(ctx, config.wandb, config.replicas, config.nproc_per_node)
-        hooks = RankHooks(self.func, config.wandb, config.replicas, config.nproc_per_node, start_node_service=shares)
+        hooks = RankHooks(self.func, config.wandb, config.replicas, config.nproc_per_node, shares, self.report)
         output_path = ctx.output_path if ctx else None
         with hooks.session(interrupt=False, on_stopped=functools.partial(upload_peer_failure, output_path)):
             return await ClusteredTaskTemplate.execute(self, *args, **kwargs)

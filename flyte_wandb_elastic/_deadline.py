@@ -9,6 +9,8 @@ A rank's end, from the return of its function, takes at most `finish_timeout` se
   wandb-core stops trying and the rest stays in the run files);
 - the finish call itself is abandoned at `FINISH_SHARE` of it, should wandb not keep its own bound;
 - the last copy of the run files to storage must be done by `COPY_SHARE` of it;
+- the report tab's last write (rank 0 of a task with `report=True`) waits for the other ranks'
+  last copies until `REPORT_SHARE` of it;
 - the rest is for the processes to exit: a node's launcher gives its W&B service `SERVICE_SHARE`
   of it to stop (Elastic), once its ranks have ended.
 
@@ -29,6 +31,7 @@ INIT_SHARE = 0.5
 WANDB_SHARE = 0.5
 FINISH_SHARE = 0.65
 COPY_SHARE = 0.8
+REPORT_SHARE = 0.85
 SERVICE_SHARE = 0.15
 
 

@@ -47,7 +47,9 @@ class WandbElasticTask(TorchFunctionTask):
         # hooks around it, and share one W&B service among this node's ranks when several log.
         hooked = copy.copy(self)
         config = self.plugin_config
-        hooked.func = RankHooks(self.func, config.wandb_options(), self.max_nodes, config.nproc_per_node)
+        hooked.func = RankHooks(
+            self.func, config.wandb_options(), self.max_nodes, config.nproc_per_node, report=self.report
+        )
         ctx = flyte.ctx()
         shares = node_shares_a_service(ctx, config.wandb_options(), self.max_nodes, config.nproc_per_node)
         finish_timeout = config.wandb_options().resolved(ctx.custom_context if ctx else {}).finish_timeout

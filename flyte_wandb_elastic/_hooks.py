@@ -22,13 +22,14 @@ from typing import Any
 import flyte
 
 from ._after_import import after_import
-from ._deadline import COPY_SHARE, DEFAULT_FINISH_TIMEOUT_S, FINISH_SHARE, run_within
+from ._deadline import COPY_SHARE, DEFAULT_FINISH_TIMEOUT_S, FINISH_SHARE, REPORT_SHARE, run_within
 from ._job_end import report_failure, report_return, report_start
 from ._node_service import first_rank_service, join_node_service
 from ._options import PARENT_RUN_KEY, WandbOptions
-from ._persist import DEFAULT_PERSIST_INTERVAL_S, RunFilesCopier
+from ._persist import DEFAULT_PERSIST_INTERVAL_S, SLOW_COPY_S, RunFilesCopier
 from ._planner import plan_rank, run_files_prefix, system_metrics
 from ._rank_run import RankRun, logger, service_lost
+from ._report import ReportTab, action_prefix
 from ._shutdown import STOP_EXIT_CODE, FinishOnce, Stopped, finish_on_stop
 from ._topology import Topology
 
@@ -67,6 +68,8 @@ class RankHooks:
         nproc_per_node: Ranks per node.
         start_node_service: Whether the node's logging ranks share one W&B service that the first
             of them starts (clustered tasks, where no launcher of ours runs to start it).
+        report: Whether the task was declared with `report=True`: rank 0 then keeps the report's
+            "Weights & Biases" tab up to date (see `_report`).
     """
 
     func: Callable[..., Any]
@@ -74,6 +77,7 @@ class RankHooks:
     max_nodes: int = 1
     nproc_per_node: int = 1
     start_node_service: bool = False
+    report: bool = False
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         with self.session():
@@ -163,18 +167,33 @@ class RankHooks:
             options, ctx.run_base_dir if ctx else None, run_name, action_name, topology.rank or 0
         )
         interval = options.persist_interval or DEFAULT_PERSIST_INTERVAL_S
+        if self.report and copy_prefix is not None and (topology.rank or 0) == 0:
+            end.report = ReportTab(
+                options,
+                action_prefix(copy_prefix),
+                topology.num_nodes,
+                self.nproc_per_node,
+                self.max_nodes,
+                run_name or "",
+                action_name,
+                interval,
+                context.get(PARENT_RUN_KEY),
+            )
+            end.report.start()
 
-        def opener(rank_run: RankRun) -> Any:
+        def opener(rank_run: RankRun, again: bool) -> Any:
             # wandb itself first, then this package's modules that call it: the end of wandb's
             # import sets the globals through `_wandb_run` (see `after_import`), which must not be
             # half imported then. Only ranks that log import them, and off the training thread.
             importlib.import_module("wandb")
-            # before wandb starts a service of its own
-            first_rank_service() if start_node_service else join_node_service()
+            if not again:  # before wandb starts a service of its own (again: the service died)
+                first_rank_service() if start_node_service else join_node_service()
             from . import _wandb_run
 
-            run = _wandb_run.open_run(plan, options, meta, resuming, stats, copy_prefix)
+            run = _wandb_run.open_run(plan, options, meta, resuming or again, stats, copy_prefix, fresh_service=again)
             if copy_prefix is not None:
+                if end.copier is not None:  # the dead start's files, as its service left them
+                    end.copier.final_copy(SLOW_COPY_S, synced=False)
                 end.copier = RunFilesCopier(_wandb_run.run_dir(run), copy_prefix, interval)
                 end.copier.start()
             if background:
@@ -236,10 +255,12 @@ def _make_global(run: Any) -> None:
 
 @dataclass
 class RankEnd:
-    """What the end of a rank needs: its time bound and, once the run is open, its copier."""
+    """What the end of a rank needs: its time bound, once the run is open its copier, and on rank 0
+    of a task with `report=True` the report tab."""
 
     finish_timeout: float
     copier: RunFilesCopier | None = None
+    report: ReportTab | None = None
 
 
 def _finish(rank_run: RankRun, published: Any, end: RankEnd, exit_code: int, error: str | None) -> None:
@@ -280,6 +301,9 @@ def _finish(rank_run: RankRun, published: Any, end: RankEnd, exit_code: int, err
             if end.copier is not None:
                 left = COPY_SHARE * end.finish_timeout - (time.monotonic() - started)
                 end.copier.final_copy(left, synced=bool(uploaded and uploaded[0]))
+            if end.report is not None:
+                left = REPORT_SHARE * end.finish_timeout - (time.monotonic() - started)
+                end.report.finish(left, stopped=exit_code != 0)
     finally:
         if "wandb" in sys.modules:  # the globals were set only if wandb was imported
             from . import _wandb_run

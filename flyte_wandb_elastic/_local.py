@@ -108,7 +108,11 @@ def run_ranks_locally(
     nnodes = parse_nnodes(task.plugin_config.nnodes)[1]
     with tempfile.TemporaryDirectory(prefix="flyte-wandb-elastic-") as tmp:
         work = Path(work_dir or tmp)
-        contexts = [task_context(work / f"node-{n}", run_name, action_name, custom_context) for n in range(nnodes)]
+        base = str(work / "base")  # one run base directory for every node, as in a Flyte run
+        contexts = [
+            task_context(work / f"node-{n}", run_name, action_name, custom_context, run_base_dir=base)
+            for n in range(nnodes)
+        ]
         if nnodes == 1:
             return execute_node(task, contexts[0], inputs)
         saved = os.environ.get("PET_RDZV_ENDPOINT")

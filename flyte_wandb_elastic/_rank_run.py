@@ -8,6 +8,13 @@ service, `wandb.init`, and the offline fallback) and answers the training thread
   the run is open (to the offline fallback, if that is what opened);
 - anything else waits for the run, then goes to it.
 
+If the rank's W&B service (`wandb-core`) dies under a live run (killed, out of memory), training
+goes on: calls are queued again while the run is reopened in a fresh service of this rank's own,
+as a restart reopens it (from the step after the last row on disk). The calls the dead service
+took but never wrote to the run file (up to one transaction-log flush interval) are written again
+first, where that can be told exactly: when every `log` since the run opened was a plain
+`log(data)` (one row each, no explicit `step` or `commit`).
+
 Process: a rank's own process. The thread that opens the run is the only one that imports wandb
 here; the training thread never does unless the user's code does.
 """
@@ -17,11 +24,16 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
 logger = logging.getLogger("flyte_wandb_elastic")
 
+# The most `log` calls kept to write again into a run reopened after its service died.
+REPLAY_CALLS = 100_000
+# The most times a run is reopened after its service died.
+MAX_REOPENS = 3
 # How much lower than training the threads (and the W&B services they start) that open runs run.
 NICE_INCREMENT = 10
 
@@ -51,12 +63,13 @@ class RankRun:
     `start()` opens it in the background; `open()` opens it before returning.
 
     Args:
-        opener: Opens the run and returns the `wandb.Run`; it is given this object.
+        opener: Opens the run and returns the `wandb.Run`; it is given this object, and whether
+            this is a reopening after the run's service died (then in a fresh service, resuming).
         known: What is known before W&B answers (`id`, `group`, `project`, `entity`, `name`);
             a `None` value is asked of the run once it is open.
     """
 
-    def __init__(self, opener: Callable[[RankRun], Any], known: dict[str, Any]) -> None:
+    def __init__(self, opener: Callable[[RankRun, bool], Any], known: dict[str, Any]) -> None:
         self._opener = opener
         self._known = {key: value for key, value in known.items() if value is not None}
         self._lock = threading.Lock()
@@ -64,38 +77,114 @@ class RankRun:
         self._run: Any = None
         self._error: BaseException | None = None
         self._opened = threading.Event()
-        self._lost = False
+        self._reopens = 0
+        self._lost = False  # the service died and the run could not be reopened: calls go nowhere
+        # what was written to the open run, to write again should its service die
+        self._sent: deque[tuple[str, tuple[Any, ...], dict[str, Any]]] = deque(maxlen=REPLAY_CALLS)
+        self._sent_rows = 0  # plain `log` calls written since the run opened
+        self._plain = True  # every `log` since the run opened was plain
+        self._setup: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = []  # define_metric calls
 
     def start(self) -> None:
         """Open the run in a thread of its own, at a lower CPU priority than training."""
+        self._in_background(self.open)
 
-        def open_in_background() -> None:
+    def _in_background(self, target: Callable[[], None]) -> None:
+        def run() -> None:
             lower_this_threads_priority()
-            self.open()
+            target()
 
-        threading.Thread(target=open_in_background, name="flyte-wandb-elastic-init", daemon=True).start()
+        threading.Thread(target=run, name="flyte-wandb-elastic-init", daemon=True).start()
 
-    def open(self) -> None:
-        """Open the run now, then write every queued call to it."""
+    def open(self, again: bool = False) -> None:
+        """Open the run now (`again`: in a fresh service, after its service died), then write every queued call."""
         try:
-            run = self._opener(self)
-        except BaseException as exc:  # the task ends with it at finish, or at the next call
-            self._error = exc
+            run = self._opener(self, again)
+        except BaseException as exc:
             with self._lock:
                 dropped, self._queue = len(self._queue or ()), None
-            if dropped:
+                if again:  # a W&B outage never kills training
+                    self._lost = True
+                else:  # the task ends with it at finish, or at the next call
+                    self._error = exc
+            if again:
+                logger.warning("could not reopen %r (%s); what it logs from now on is not recorded", self, exc)
+            elif dropped:
                 logger.error("wandb.init failed (%s); %d queued call(s) were not written", exc, dropped)
             self._opened.set()
             return
         with self._lock:  # new calls wait while the queue is written, so order is kept
-            for name, args, kwargs in self._queue or ():
+            queue, self._queue = self._queue or [], None
+            self._sent.clear()
+            self._sent_rows, self._plain, self._setup = 0, True, []
+            for i, (name, args, kwargs) in enumerate(queue):
                 try:
-                    getattr(run, name)(*args, **kwargs)
+                    self._write(run, name, args, kwargs)
                 except Exception as exc:  # as if the call had failed in the training thread
+                    if service_lost(exc) and self._reopen_later(run, queue[i:]):
+                        return
                     logger.warning("run.%s(...) queued before the run opened failed: %s", name, exc)
-            self._queue = None
             self._run = run
         self._opened.set()
+
+    def _write(self, run: Any, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        result = getattr(run, name)(*args, **kwargs)
+        if name == "log":
+            self._sent.append((name, args, kwargs))
+            self._sent_rows += 1
+            self._plain = self._plain and kwargs.get("step") is None and kwargs.get("commit") is None
+        elif name == "define_metric":
+            self._setup.append((name, args, kwargs))
+        return result
+
+    def _reopen_later(self, dead: Any, unwritten: list[tuple[str, tuple[Any, ...], dict[str, Any]]]) -> bool:
+        """With the lock held: queue calls again and reopen the run in the background; whether it will."""
+        if self._reopens >= MAX_REOPENS:
+            return False
+        self._reopens += 1
+        self._queue, self._run = list(unwritten), None
+        self._opened.clear()
+        sent, sent_rows, plain, setup = list(self._sent), self._sent_rows, self._plain, list(self._setup)
+
+        def reopen() -> None:
+            from . import _wandb_run
+
+            try:
+                on_disk = _wandb_run.rows_on_disk(dead)
+            except (OSError, ValueError) as exc:  # unreadable: write nothing twice, say so
+                logger.warning("could not read what the dead W&B service of %r wrote (%s)", self, exc)
+                on_disk = sent_rows
+            lost = self._lost_calls(sent, sent_rows - on_disk, plain)
+            logger.warning(
+                "the W&B service of %r is gone; training goes on while the run is reopened in a fresh one "
+                "(%d row(s) it had not written to the run file are written again)",
+                self,
+                len(lost),
+            )
+            with self._lock:
+                self._queue = [*setup, *lost, *(self._queue or [])]
+            self.open(again=True)
+
+        self._in_background(reopen)
+        return True
+
+    def _lost_calls(
+        self, sent: list[tuple[str, tuple[Any, ...], dict[str, Any]]], missing: int, plain: bool
+    ) -> list[tuple[str, tuple[Any, ...], dict[str, Any]]]:
+        """The last `missing` `log` calls, which the dead service took but did not write, where known."""
+        if missing <= 0:
+            return []
+        if not plain:
+            logger.warning(
+                "up to %d row(s) of %r may be lost with its W&B service: with explicit steps, the calls "
+                "cannot be matched to the rows on disk",
+                missing,
+                self,
+            )
+            return []
+        if missing > len(sent):
+            logger.warning("%d row(s) of %r were lost with its W&B service", missing - len(sent), self)
+        return sent[-missing:]
 
     def wandb_run(self) -> Any:
         """The `wandb.Run`, once open (waits for it).
@@ -128,27 +217,25 @@ class RankRun:
         self._call("define_metric", (name, *args), kwargs)
 
     def _call(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        run = self._run
-        if run is None:
-            with self._lock:
-                if self._queue is not None:
-                    self._queue.append((name, args, kwargs))
+        with self._lock:
+            if self._lost:
+                return None
+            if self._queue is not None:
+                self._queue.append((name, args, kwargs))
+                return None
+            run = self._run
+            if run is not None:
+                try:
+                    return self._write(run, name, args, kwargs)
+                except Exception as exc:
+                    if not service_lost(exc):
+                        raise
+                    if not self._reopen_later(run, [(name, args, kwargs)]):  # a W&B outage never kills training
+                        self._lost = True
+                        logger.warning("%r lost its W&B service again; what it logs now is not recorded", self)
                     return None
-            run = self.wandb_run()
-        try:
-            return getattr(run, name)(*args, **kwargs)
-        except Exception as exc:
-            if not service_lost(exc):
-                raise
-            if not self._lost:  # a W&B outage never kills training
-                self._lost = True
-                logger.warning(
-                    "this rank's W&B service is gone (%s: %s); training goes on, and what it logs from now on "
-                    "is not recorded (the rows written so far are in the run files)",
-                    type(exc).__name__,
-                    exc,
-                )
-            return None
+        run = self.wandb_run()  # opening failed: raises
+        return getattr(run, name)(*args, **kwargs)
 
     def finish_when_open(self, finish: Callable[[Any], None]) -> None:
         """Call `finish(run)` once the run is open and every queued call is written; nothing if it never opened."""

@@ -24,12 +24,14 @@ _FULL, _FIRST, _MIDDLE, _LAST = 1, 2, 3, 4
 
 
 def iter_records(path: str | Path) -> Iterator[Any]:
-    """Yield the `wandb_internal_pb2.Record` messages of one `.wandb` file, in order.
+    """Yield the `wandb_internal_pb2.Record` messages of one `.wandb` file, in order (none if empty).
 
     Raises:
         ValueError: The file does not start with the W&B header.
     """
     data = Path(path).read_bytes()
+    if not data:  # its service died before it first flushed (every 15 s by default)
+        return
     if len(data) < _HEADER or data[:4] != _MAGIC:
         raise ValueError(f"{path}: not a W&B transaction log (missing the ':W&B' header)")
     for record, _ in parse_records(data, _HEADER):

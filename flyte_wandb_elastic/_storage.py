@@ -69,3 +69,16 @@ def download_tree(uri: str, to: Path) -> Path:
     to.mkdir(parents=True, exist_ok=True)
     asyncio.run(storage.get(uri, str(to), recursive=True))
     return to
+
+
+def list_sizes(uri: str) -> dict[str, int]:
+    """Every object (or file) under `uri`, by its path relative to `uri`, with its size in bytes."""
+    local = _local(uri)
+    if local is not None:
+        if not local.is_dir():
+            return {}
+        return {p.relative_to(local).as_posix(): p.stat().st_size for p in local.rglob("*") if p.is_file()}
+    fs: Any = storage.get_underlying_filesystem(path=uri)
+    root = uri.split("://", 1)[1].rstrip("/")
+    found = fs.find(root, detail=True)
+    return {path[len(root) + 1 :]: int(info.get("size") or 0) for path, info in found.items() if path != root}

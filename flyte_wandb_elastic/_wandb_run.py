@@ -35,6 +35,7 @@ def open_run(
     resuming: bool = False,
     stats: dict[str, Any] | None = None,
     copy_prefix: str | None = None,
+    fresh_service: bool = False,
 ) -> Any:
     """Call `wandb.init` for this rank as `plan` says.
 
@@ -54,6 +55,7 @@ def open_run(
         stats: System-metric settings for this rank (see `system_metrics`); the user's win.
         copy_prefix: Where this rank's run files are copied in storage (see `run_files_prefix`),
             named by the fallback's warning; `None` when they are not copied.
+        fresh_service: Start a W&B service of this process's own first (the run's service died).
 
     Returns:
         The `wandb.Run`.
@@ -123,14 +125,19 @@ def open_run(
         "config": config,
         **kwargs,
     }
-    started = time.time()
-    try:
-        run = wandb.init(settings=wandb.Settings(**settings), **init_kwargs)
+
+    def going_on(run: Any) -> Any:
         # Offline, steps count from 0 again; online, from what reached the server. (W&B's shared
         # mode online ignores explicit steps: its writers' steps are the server's.)
-        if next_step is not None and (kwargs.get("mode") == "offline" or plan.label is None):
+        if next_step is not None and (run.offline or plan.label is None):
             run.log({}, step=next_step, commit=False)
         return run
+
+    if fresh_service:
+        _use_a_fresh_service()
+    started = time.time()
+    try:
+        return going_on(wandb.init(settings=wandb.Settings(**settings), **init_kwargs))
     except Exception as exc:
         offline_lost = kwargs.get("mode") == "offline" and service_lost(exc)  # wandb-core died: retry
         if options.on_init_failure == "raise" or (kwargs.get("mode") in ("offline", "disabled") and not offline_lost):
@@ -139,19 +146,14 @@ def open_run(
     # The failed attempt still holds the run id in the W&B service (the node's shared one, or this
     # process's), and left a local directory that holds nothing and was never uploaded: start a
     # service of this rank's own, without that directory.
-    _send_no_telemetry()
-    os.environ.pop(wandb_env.SERVICE, None)
-    try:
-        wandb.teardown()
-    except Exception as exc:  # a service that died cannot be told to stop
-        logger.debug("wandb.teardown after the failed init: %s", exc)
+    _use_a_fresh_service()
     if plan.run_id:
         for path in run_dirs.glob(f"run-*-{plan.run_id}*"):
             if path.is_dir() and path.stat().st_mtime >= started - 1:
                 shutil.rmtree(path, ignore_errors=True)
     init_kwargs["mode"] = "offline"
     settings.pop("base_url", None)
-    run = wandb.init(settings=wandb.Settings(**settings), **init_kwargs)
+    run = going_on(wandb.init(settings=wandb.Settings(**settings), **init_kwargs))
     sync_dir = run.settings.sync_dir
     upload = (
         f"python -m flyte_wandb_elastic sync {copy_prefix.rstrip('/')}/{Path(sync_dir).name}"
@@ -171,6 +173,24 @@ def open_run(
 def run_dir(run: Any) -> str:
     """The local directory that holds everything `run` wrote (what `wandb sync` uploads)."""
     return str(run.settings.sync_dir)
+
+
+def _use_a_fresh_service() -> None:
+    """Let the next `wandb.init` start a W&B service of this process's own (the last one failed or died)."""
+    _send_no_telemetry()
+    os.environ.pop(wandb_env.SERVICE, None)
+    try:
+        wandb.teardown()
+    except Exception as exc:  # a service that died cannot be told to stop
+        logger.debug("wandb.teardown of a failed or dead service: %s", exc)
+
+
+def rows_on_disk(run: Any) -> int:
+    """The history rows that `run`'s transaction log holds on disk (what its service wrote)."""
+    from ._runfiles import read_run_file
+
+    path = Path(run_dir(run), f"run-{run.id}.wandb")
+    return len(read_run_file(path).rows) if path.exists() else 0
 
 
 # The run that was W&B's global run before each rank run took its place, restored on finish.

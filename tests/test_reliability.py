@@ -166,3 +166,32 @@ def test_flyte_retry_reopens_the_runs_of_the_failed_attempt(tmp_path: Path) -> N
     failed_then_ok.sort(key=lambda r: r.config["flyte"]["attempt"])
     assert [(r.config["flyte"]["attempt"], r.exit_code) for r in failed_then_ok] == [(0, 1), (1, 0)]
     assert [row["_step"] for r in failed_then_ok for row in r.rows] == list(range(6))
+
+
+def test_a_killed_wandb_service_loses_no_row(tmp_path: Path) -> None:
+    # the node's wandb-core is killed (out of memory, say) while both ranks log: training goes on,
+    # each run is reopened in a fresh service, and the rows the dead service had taken but not yet
+    # written (it flushes every 15 s) are written again: every row, once, in order
+    def kill_the_service(facts_dir: Path) -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            logged = [len(p.read_text().splitlines()) for p in facts_dir.glob("rank-*.steps")]
+            if len(logged) == 2 and min(logged) >= 20:
+                break
+            time.sleep(0.05)
+        for pid in wandb_core_processes(tmp_path):
+            os.kill(pid, signal.SIGKILL)
+
+    inputs = {"steps": 80, "interval_s": 0.05}
+    result = launch(tmp_path, {**ONE_NODE, "run_mode": "new"}, inputs, function="paced", during=kill_the_service)
+    assert result.errors == [], result.logs
+    assert "is reopened in a fresh one" in "".join(result.logs)
+    for rank in (0, 1):
+        starts = sorted((r for r in result.runs if r.run_id == f"{B}-rank-{rank}"), key=lambda r: r.run_dir)
+        assert len(starts) == 2  # the dead service's, and the reopened run's
+        rows = [row for start in starts for row in start.rows]
+        assert [row["row"] for row in rows] == list(range(80))
+        steps = [row["_step"] for row in rows]
+        assert steps == sorted(set(steps))
+        assert starts[-1].exit_code == 0
+    _no_core_left(tmp_path)

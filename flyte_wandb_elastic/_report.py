@@ -1,0 +1,184 @@
+"""The live "Weights & Biases" tab of a task's Flyte report, for tasks declared with `report=True`.
+
+One process per job writes it: global rank 0's (which writes a run in every layout), from the copies
+of every rank's run files in storage (`_stored_runs`), so that it shows every node's runs, offline
+ones included. A thread of its own rebuilds the tab and flushes the report every
+`persist_interval`; rank 0's end writes it once more with the final states. Training never waits
+for it, and no other rank does any of it.
+
+Process: global rank 0's worker process, in a thread of its own (and briefly at its end).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import logging
+import threading
+import time
+
+from ._diagram import layout_diagram
+from ._options import WandbOptions
+from ._planner import plan_rank
+from ._rank_run import lower_this_threads_priority
+from ._report_html import Row, render_tab
+from ._stored_runs import StoredRuns, Writer
+from ._topology import Topology
+
+logger = logging.getLogger("flyte_wandb_elastic")
+
+TAB_NAME = "Weights & Biases"
+DEFAULT_HOST = "https://wandb.ai"
+# How long the end of a failed or stopped rank 0 waits for its peers' last copies.
+STOPPED_WAIT_S = 5.0
+
+
+class ReportTab:
+    """Keeps the tab of the current task's report up to date from `prefix` (the action's copies).
+
+    Args:
+        options: The task's resolved W&B options.
+        prefix: The storage prefix under which every rank's copies lie (`.../wandb/<action>`).
+        nnodes: Nodes in the job.
+        nproc_per_node: Ranks per node.
+        max_nodes: The most nodes the task allows (as the ranks' own plans take it).
+        run_name: The Flyte run's name (as the planner takes it).
+        action_name: The Flyte action's name.
+        interval_s: Seconds between rebuilds.
+        parent_run: The parent task's run id, where the run context names one.
+    """
+
+    def __init__(
+        self,
+        options: WandbOptions,
+        prefix: str,
+        nnodes: int,
+        nproc_per_node: int,
+        max_nodes: int,
+        run_name: str,
+        action_name: str,
+        interval_s: float,
+        parent_run: str | None = None,
+    ) -> None:
+        self.options = options
+        self.prefix = prefix
+        self.interval_s = interval_s
+        self.stored = StoredRuns(prefix)
+        self.layout = layout_diagram(options, nnodes, nproc_per_node)
+        self.planned: dict[int, tuple[str, str]] = {}  # rank -> (run id, label), for ranks that write
+        for rank in range(nnodes * nproc_per_node):
+            topology = Topology.in_job(rank, nnodes, nproc_per_node)
+            plan = plan_rank(options, topology, run_name, action_name, max_nodes, parent_run)
+            if plan.opens_run and plan.run_id:
+                self.planned[rank] = (plan.run_id, plan.label or "")
+        self.writes = 0
+        self._final = False
+        self._context = contextvars.copy_context()  # the task's context: where the report lives
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._warned = False
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        """Write the tab now and every `interval_s` seconds after, from a thread of its own."""
+
+        def loop() -> None:
+            lower_this_threads_priority()
+            self.write(final=False)
+            while not self._stop.wait(self.interval_s):
+                self.write(final=False)
+
+        self._thread = threading.Thread(target=loop, name="flyte-wandb-elastic-report", daemon=True)
+        self._thread.start()
+
+    def finish(self, timeout_s: float, stopped: bool) -> None:
+        """Write the tab a last time, once every writer's end is in storage or `timeout_s` has passed."""
+        self._stop.set()
+        deadline = time.monotonic() + max(0.0, min(timeout_s, STOPPED_WAIT_S) if stopped else timeout_s)
+        while True:
+            self._refresh()
+            ended = all(
+                (w := self.stored.writers.get(rank)) is not None and w.exit_code is not None for rank in self.planned
+            )
+            if ended or time.monotonic() >= deadline:
+                break
+            time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
+        self._publish(final=True)
+
+    def write(self, final: bool) -> None:
+        self._refresh()
+        self._publish(final)
+
+    def html(self, final: bool) -> str:
+        """The tab as it stands (what `write` flushes)."""
+        rows = [self._row(rank, run_id, label, final) for rank, (run_id, label) in sorted(self.planned.items())]
+        when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
+        stage = "Final" if final else "Live, while the job runs"
+        status = f"{stage}: updated {when}. Run files read from {self.prefix}."
+        return render_tab(rows, self.layout, status)
+
+    def _refresh(self) -> None:
+        try:
+            with self._lock:
+                self.stored.refresh()
+        except Exception as exc:  # storage down: the next write tries again
+            self._warn_once(f"could not read the stored run files ({type(exc).__name__}: {exc})")
+
+    def _publish(self, final: bool) -> None:
+        try:
+            with self._lock:
+                if self._final:  # a live write never replaces the final one
+                    return
+                self._final = final
+                page = self.html(final)
+                self._context.run(asyncio.run, _flush(page))
+                self.writes += 1
+        except Exception as exc:
+            self._warn_once(f"could not write the report tab ({type(exc).__name__}: {exc})")
+
+    def _row(self, rank: int, run_id: str, label: str, final: bool) -> Row:
+        writer = self.stored.writers.get(rank) or Writer(rank)
+        if writer.starts == 0:
+            state = "no run files stored" if final else "not started"
+        elif writer.exit_code is None:
+            state = "no end recorded" if final else "running"
+        elif writer.exit_code == 0:
+            state = "finished"
+        else:
+            state = f"failed (exit {writer.exit_code})"
+        options = self.options
+        entity, project = writer.entity or options.entity, writer.project or options.project
+        link = sync = None
+        if writer.starts and writer.online and entity and project:
+            host = (options.host or DEFAULT_HOST).rstrip("/")
+            link = f"{host}/{entity}/{project}/runs/{writer.run_id or run_id}"
+        elif writer.starts:
+            sync = f"python -m flyte_wandb_elastic sync {self.prefix}/rank-{rank}"
+        return Row(
+            run_id=writer.run_id or run_id,
+            label=label,
+            ranks=[rank],
+            rows=writer.rows,
+            metrics=dict(writer.metrics),
+            state=state,
+            link=link,
+            sync=sync,
+            curves={name: curve.shown() for name, curve in writer.curves.items()},
+        )
+
+    def _warn_once(self, why: str) -> None:
+        if not self._warned:
+            self._warned = True
+            logger.warning("W&B report tab: %s; trying again at the next update", why)
+
+
+async def _flush(page: str) -> None:
+    import flyte.report
+
+    flyte.report.get_tab(TAB_NAME).replace(page)
+    await flyte.report.flush.aio()
+
+
+def action_prefix(copy_prefix: str) -> str:
+    """The prefix of every rank's copies, from one rank's (`.../wandb/<action>/rank-<r>`)."""
+    return copy_prefix.rsplit("/rank-", 1)[0]
