@@ -9,7 +9,7 @@ from typing import Any
 from flyte_wandb_elastic import format_table, read_run_files, run_ranks_locally
 
 
-def run_and_report(task: Any, **inputs: Any) -> Any:
+def run_and_report(task: Any, work_dir: str | None = None, **inputs: Any) -> Any:
     """Run `task` with its real ranks here and print where its W&B runs are and what they hold."""
     if not os.environ.get("WANDB_API_KEY"):
         os.environ.setdefault("WANDB_MODE", "offline")
@@ -19,7 +19,7 @@ def run_and_report(task: Any, **inputs: Any) -> Any:
     os.environ.setdefault("WANDB_SILENT", "true")
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     before = {run.path for run in read_run_files(wandb_dir)}
-    result = run_ranks_locally(task, **inputs)
+    result = run_ranks_locally(task, work_dir=work_dir, **inputs)
     runs = [run for run in read_run_files(wandb_dir) if run.path not in before]
     print(f"result of rank 0: {result}")
     print(f"W&B run files under {wandb_dir}/wandb (W&B mode: {os.environ.get('WANDB_MODE', 'online')}):")

@@ -40,6 +40,10 @@ SYNCED_MARKER = "flyte-wandb-synced.json"
 DEFAULT_PERSIST_INTERVAL_S = 30.0
 # A copy still going after this long (or after one interval, if longer) is warned about.
 SLOW_COPY_S = 10.0
+# At a rank's end, the run's files count as written once they have not changed for this long
+# (waiting at most SETTLE_S).
+QUIET_S = 0.3
+SETTLE_S = 3.0
 _APPEND_ONLY = (".wandb", ".log")
 _SKIPPED_DIRS = ("tmp",)  # W&B's scratch space: nothing in it is a record
 
@@ -119,7 +123,12 @@ class RunFilesCopier:
         outcome: list[bool] = []
 
         def last() -> None:
+            # W&B's service may still be writing the end of the run (its last rows and exit record)
+            # when `finish` returns: copy once it has been quiet a moment, and again if it wrote on.
+            self._wait_until_quiet(min(SETTLE_S, timeout_s / 2))
             outcome.append(self.copy())
+            if self._wait_until_quiet(min(SETTLE_S, timeout_s / 4)):
+                outcome[0] = self.copy()
             if outcome[0] and synced:
                 mark_synced(self.uri, "uploaded by the run itself")
 
@@ -138,6 +147,22 @@ class RunFilesCopier:
             "the last copy of %s to %s did not finish within %.0f s; %s", self.run_dir, self.uri, timeout_s, kept
         )
         return False
+
+    def _wait_until_quiet(self, timeout_s: float) -> bool:
+        """Wait until no file of the run has changed for `QUIET_S` (at most `timeout_s`); whether any did."""
+
+        def sizes() -> dict[Path, int]:
+            return {p: p.stat().st_size for p in self._files() if p.exists()}
+
+        deadline = time.monotonic() + timeout_s
+        first = last = sizes()
+        quiet_since = time.monotonic()
+        while time.monotonic() < deadline and time.monotonic() - quiet_since < QUIET_S:
+            time.sleep(0.05)
+            now = sizes()
+            if now != last:
+                last, quiet_since = now, time.monotonic()
+        return last != first
 
     def _files(self) -> list[Path]:
         return [

@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
 import logging
 import threading
 import time
 
+from ._deadline import run_within
 from ._diagram import layout_diagram
 from ._options import WandbOptions
 from ._planner import plan_rank
@@ -31,6 +33,8 @@ TAB_NAME = "Weights & Biases"
 DEFAULT_HOST = "https://wandb.ai"
 # How long the end of a failed or stopped rank 0 waits for its peers' last copies.
 STOPPED_WAIT_S = 5.0
+# The most one write of the report to storage may take.
+FLUSH_TIMEOUT_S = 10.0
 
 
 class ReportTab:
@@ -94,16 +98,20 @@ class ReportTab:
     def finish(self, timeout_s: float, stopped: bool) -> None:
         """Write the tab a last time, once every writer's end is in storage or `timeout_s` has passed."""
         self._stop.set()
-        deadline = time.monotonic() + max(0.0, min(timeout_s, STOPPED_WAIT_S) if stopped else timeout_s)
+        flush_s = min(FLUSH_TIMEOUT_S, max(0.0, timeout_s) / 4)  # for the write itself
+        wait_s = max(0.0, timeout_s - flush_s)
+        deadline = time.monotonic() + (min(wait_s, STOPPED_WAIT_S) if stopped else wait_s)
         while True:
-            self._refresh()
+            # storage that hangs must not hold the end of the job
+            if not run_within(self._refresh, max(0.1, deadline - time.monotonic()), "flyte-wandb-elastic-report-read"):
+                break
             ended = all(
                 (w := self.stored.writers.get(rank)) is not None and w.exit_code is not None for rank in self.planned
             )
             if ended or time.monotonic() >= deadline:
                 break
             time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
-        self._publish(final=True)
+        self._publish(final=True, timeout_s=max(1.0, flush_s))
 
     def write(self, final: bool) -> None:
         self._refresh()
@@ -124,17 +132,25 @@ class ReportTab:
         except Exception as exc:  # storage down: the next write tries again
             self._warn_once(f"could not read the stored run files ({type(exc).__name__}: {exc})")
 
-    def _publish(self, final: bool) -> None:
+    def _publish(self, final: bool, timeout_s: float = FLUSH_TIMEOUT_S) -> None:
+        if not self._lock.acquire(timeout=timeout_s):  # a read still hangs on the storage
+            self._warn_once("the stored run files could not be read in time")
+            return
         try:
-            with self._lock:
-                if self._final:  # a live write never replaces the final one
-                    return
-                self._final = final
-                page = self.html(final)
-                self._context.run(asyncio.run, _flush(page))
-                self.writes += 1
+            if self._final:  # a live write never replaces the final one
+                return
+            self._final = final
+            page = self.html(final)
+            # in a thread of its own: the caller may be inside an event loop (a clustered rank's
+            # end), and the report must be flushed in the task's context
+            flush = functools.partial(self._context.run, asyncio.run, _flush(page))
+            if not run_within(flush, timeout_s, "flyte-wandb-elastic-report-flush"):
+                raise TimeoutError(f"no answer within {timeout_s:g} s")
+            self.writes += 1
         except Exception as exc:
             self._warn_once(f"could not write the report tab ({type(exc).__name__}: {exc})")
+        finally:
+            self._lock.release()
 
     def _row(self, rank: int, run_id: str, label: str, final: bool) -> Row:
         writer = self.stored.writers.get(rank) or Writer(rank)
@@ -173,8 +189,14 @@ class ReportTab:
 
 
 async def _flush(page: str) -> None:
+    import flyte
     import flyte.report
 
+    from . import _storage
+
+    ctx = flyte.ctx()
+    if ctx and ctx.output_path:  # a local output path may not exist yet
+        _storage.make_local_dir(ctx.output_path)
     flyte.report.get_tab(TAB_NAME).replace(page)
     await flyte.report.flush.aio()
 

@@ -22,6 +22,13 @@ def _local(uri: str) -> Path | None:
     return Path(uri.removeprefix("file://"))
 
 
+def make_local_dir(uri: str) -> None:
+    """Create the directory `uri` if it is local (remote storage has no directories to create)."""
+    local = _local(uri)
+    if local is not None:
+        local.mkdir(parents=True, exist_ok=True)
+
+
 def join(*parts: str) -> str:
     """`parts` joined with `/`, without doubled separators."""
     return "/".join(p.strip("/") if i else p.rstrip("/") for i, p in enumerate(parts) if p)

@@ -53,6 +53,11 @@ def paced(steps: int = 40, interval_s: float = 0.1, wait_open: bool = True) -> i
     return tasks.paced(steps, interval_s, wait_open)
 
 
+@env.task(report=True)
+def paced_report(steps: int = 40, interval_s: float = 0.1, wait_open: bool = True) -> int:
+    return tasks.paced(steps, interval_s, wait_open)
+
+
 @env.task
 def load(
     rows: int = 2000, interval_s: float = 0.002, reduce_every: int = 0, raise_rank: int = -1, raise_at: int = -1

@@ -201,7 +201,8 @@ def make_env(**config: Any) -> flyte.TaskEnvironment:
     )
 
 
-def make_task(function: str = "train", **config: Any) -> Any:
-    """The task for `function` (`train`, `flaky`, `burst`, `paced` or `load`) on an environment built from `config`."""
+def make_task(function: str = "train", report: bool = False, **config: Any) -> Any:
+    """The task for `function` (`train`, `flaky`, `burst`, `paced` or `load`) on an environment built
+    from `config`, declared with Flyte's `report` flag."""
     functions = {"train": train, "flaky": flaky, "burst": burst, "paced": paced, "load": load}
-    return make_env(**config).task(functions[function])
+    return make_env(**config).task(functions[function], report=report)

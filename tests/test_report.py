@@ -1,0 +1,233 @@
+"""The "Weights & Biases" tab of a task's Flyte report (`report=True`), as a user sees it.
+
+Real 2 x 2 launches of both engines, offline and against a W&B-compatible server, each node with
+a disk of its own (deleted after the job): rank 0 writes the tab from the copies in storage while
+the job runs and once more at its end. The page is opened in a real headless browser.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from html.parser import HTMLParser
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from flyte_wandb_elastic import WandbOptions
+from flyte_wandb_elastic._persist import RunFilesCopier
+from flyte_wandb_elastic._report_html import COLORS, MAX_CHARTS, MAX_LINES, TABLE_ROWS, Row, render_tab
+from flyte_wandb_elastic._runfiles import read_run_file
+from flyte_wandb_elastic._stored_runs import MAX_POINTS, StoredRuns
+from tests.browser import CHROMIUM, color_counts
+from tests.conftest import REPO, Launch, launch, launch_clustered, wandb_env
+from tests.servers import ENTITY, WandbServer
+
+STEPS = 30
+
+
+class _Page(HTMLParser):
+    """The report tab's runs table (one dict per row) and its charts' lines, as parsed HTML."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rows: list[list[str]] = []
+        self.links: list[str] = []
+        self.lines: dict[str, int] = {}
+        self._cell: list[str] | None = None
+        self._chart = ""
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        a = dict(attrs)
+        if tag == "tr" and a.get("class") == "fwe-run":
+            self.rows.append([])
+        elif tag == "td" and self.rows is not None:
+            self._cell = []
+        elif tag == "a" and self._cell is not None:
+            self.links.append(a.get("href") or "")
+        elif tag == "figure":
+            self._chart = a.get("data-metric") or ""
+        elif tag == "polyline":
+            self.lines[self._chart] = self.lines.get(self._chart, 0) + 1
+
+    def handle_data(self, data: str) -> None:
+        if self._cell is not None:
+            self._cell.append(data)
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "td" and self._cell is not None and self.rows:
+            self.rows[-1].append("".join(self._cell))
+            self._cell = None
+
+    def table(self) -> list[dict[str, str]]:
+        columns = ("run", "label", "ranks", "steps", "metrics", "state", "wandb")
+        return [dict(zip(columns, row, strict=True)) for row in self.rows]
+
+
+def parse(html: str) -> _Page:
+    page = _Page()
+    page.feed(html)
+    return page
+
+
+# -- the tab's source: what was copied, read incrementally --------------------------------------
+
+
+def test_stored_copies_are_read_incrementally_and_whole(tmp_path: Path) -> None:
+    # a real offline run (written by wandb itself), copied by the real copier in three uneven
+    # slices (each cut in the middle of a record), read after each copy
+    script = (
+        "import wandb\n"
+        "run = wandb.init(project='p', id='inc', mode='offline')\n"
+        "for i in range(3000):\n"
+        "    run.log({'loss': 1 / (i + 1), 'epoch': i // 100})\n"
+        "run.finish()\n"
+    )
+    env = {"WANDB_DIR": str(tmp_path / "pod"), "WANDB_MODE": "offline", "PATH": str(Path(sys.executable).parent)}
+    subprocess.run([sys.executable, "-c", script], env=env, check=True, capture_output=True)
+    [written] = (tmp_path / "pod" / "wandb").glob("offline-run-*/run-inc.wandb")
+    whole = written.read_bytes()
+    growing_dir = tmp_path / "growing" / written.parent.name
+    growing_dir.mkdir(parents=True)
+    growing = growing_dir / written.name
+    prefix = str(tmp_path / "storage" / "wandb" / "a0")
+    copier = RunFilesCopier(growing_dir, f"{prefix}/rank-0", interval_s=3600)
+    stored = StoredRuns(prefix)
+    counts = []
+    for cut in (len(whole) // 3 + 11, 2 * len(whole) // 3 + 5, len(whole)):
+        growing.write_bytes(whole[:cut])
+        assert copier.copy()
+        stored.refresh()
+        counts.append(stored.writers[0].rows)
+    writer = stored.writers[0]
+    truth = read_run_file(written)
+    assert counts[0] < counts[1] < counts[2] == len(truth.rows) == 3000
+    assert stored.bytes_read == len(whole)  # every byte fetched once
+    assert writer.run_id == "inc" and writer.exit_code == 0 and not writer.online and writer.starts == 1
+    assert writer.metrics == truth.last_metrics
+    loss = writer.curves["loss"].shown()
+    assert MAX_POINTS <= len(loss) <= 2 * MAX_POINTS + 1
+    assert loss[0] == (0, 1.0) and loss[-1] == (2999, truth.rows[-1]["loss"])
+    assert [s for s, _ in loss] == sorted(s for s, _ in loss)
+
+
+def test_the_tab_stays_bounded_for_a_thousand_runs() -> None:
+    curve = [(s, float(s)) for s in range(0, 100_000, 500)]
+    metrics = {f"m{k}": 1.0 for k in range(20)}
+    curves = {f"m{k}": curve for k in range(20)}
+    rows = [Row(f"run-{i}", ranks=[i], rows=100_000, metrics=metrics, curves=curves) for i in range(1000)]
+    page = parse(render_tab(rows, "layout", "Live"))
+    assert len(page.table()) == 1000  # every run is in the table, the rest folded
+    assert render_tab(rows, "layout", "Live").count("<details>") == 1 and TABLE_ROWS < 1000
+    assert len(page.lines) == MAX_CHARTS and set(page.lines.values()) == {MAX_LINES}
+
+
+# -- real launches ----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WandbServer]:
+    wandb_server = WandbServer(tmp_path_factory.mktemp("openwandb"))
+    wandb_server.start()
+    yield wandb_server
+    wandb_server.stop()
+
+
+def _report_path(tmp: Path, engine: str) -> Path:
+    return tmp / "work-0" / "outputs" / "report.html" if engine == "elastic" else tmp / "out-0" / "report.html"
+
+
+def _launch(engine: str, tmp: Path, options: dict[str, Any], env: dict[str, str]) -> tuple[Launch, list[str]]:
+    """A 2 x 2 job with `report=True`; also every version of the tab seen while it ran."""
+    seen: list[str] = []
+    report = _report_path(tmp, engine)
+    options = {"project": "p", "persist_interval": 1.0, **options}
+
+    def watch(facts_dir: Path) -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and len(list(facts_dir.glob("rank-*.json"))) < 4:
+            if report.exists():
+                text = report.read_text()
+                if not seen or seen[-1] != text:
+                    seen.append(text)
+            time.sleep(0.2)
+
+    inputs = {"steps": STEPS, "interval_s": 0.1}
+    base = str(tmp / "storage")
+    if engine == "elastic":
+        config = {"nnodes": 2, "nproc_per_node": 2, "report": True, **options}
+        job = launch(tmp, config, inputs, function="paced", extra_env=env, during=watch, run_base_dir=base, pods=True)
+    else:
+        config = {"replicas": 2, "nproc_per_node": 2, **options}
+        job = launch_clustered(tmp, config, inputs, task="paced_report", extra_env=env, during=watch,
+                               run_base_dir=base, pods=True)  # fmt: skip
+    return job, seen
+
+
+@pytest.mark.launch
+@pytest.mark.parametrize("engine", ["elastic", "clustered"])
+@pytest.mark.parametrize("online", [False, True], ids=["offline", "online"])
+def test_a_job_writes_its_tab_live_and_final(tmp_path: Path, server: WandbServer, engine: str, online: bool) -> None:
+    run_mode = "shared" if online else "new"
+    options = {"run_mode": run_mode, **({"entity": ENTITY, "host": server.url} if online else {})}
+    job, seen = _launch(engine, tmp_path, options, server.env() if online else {})
+    assert job.errors == [], job.logs
+    final = _report_path(tmp_path, engine).read_text()
+    # live: a version written while the job ran already showed rows
+    live = [parse(v) for v in seen if "Live, while the job runs" in v]
+    assert any(int(row["steps"]) > 0 for page in live for row in page.table()), [p.table() for p in live]
+    # final: every writer of the layout, with every row and its state
+    page = parse(final)
+    assert "Final: updated" in final
+    table = page.table()
+    plans = {(r["run"], r["label"] if r["label"] != "-" else "") for r in table}
+    expected_ids = {run.run_id for run in job.runs}
+    assert {run_id for run_id, _ in plans} == expected_ids
+    assert len(table) == 4 and sorted(r["ranks"] for r in table) == ["0", "1", "2", "3"]
+    assert all(r["steps"] == str(STEPS) and r["state"] == "finished" for r in table), table
+    assert all(f"row={STEPS - 1}" in r["metrics"] for r in table)
+    assert page.lines == {"rank": 4, "row": 4}  # a chart per metric, a line per writer
+    if online:  # the link is the page W&B itself gives for the run
+        urls = {facts["url"] for facts in job.facts.values()}
+        assert set(page.links) == urls and len(urls) == 1  # one shared run
+    else:
+        assert all("python -m flyte_wandb_elastic sync " in r["wandb"] for r in table)
+    assert "shared / global" in final if online else "new / global" in final  # the layout picture
+
+
+@pytest.mark.launch
+@pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (.ci/run installs it)")
+def test_the_example_screenshots_its_tab_in_a_browser(tmp_path: Path) -> None:
+    # how docs/images/report-tab.png is made: the example's 2 x 2 job, then a headless Chromium
+    env = wandb_env(tmp_path)
+    del env["WANDB_MODE"]  # the example chooses offline itself when there is no API key
+    png = tmp_path / "tab.png"
+    command = [sys.executable, str(REPO / "examples" / "report_tab.py"), "--work-dir", str(tmp_path / "work")]
+    done = subprocess.run(
+        [*command, "--screenshot", str(png)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    table = done.stdout[done.stdout.index("run id") :].splitlines()[1:5]
+    assert [line.split()[6] for line in table] == ["0"] * 4  # four runs, each finished
+    page = parse((tmp_path / "work" / "node-0" / "outputs" / "report.html").read_text())
+    assert page.lines == {"accuracy": 4, "loss": 4}
+    assert [r["state"] for r in page.table()] == ["finished"] * 4
+    # what the browser drew: a line of each of four colours (a line is hundreds of pixels, a
+    # legend swatch a hundred), and no fifth
+    shown = color_counts(png, COLORS)
+    assert sorted(c for c, n in shown.items() if n > 300) == sorted(COLORS[:4]), shown
+
+
+def test_run_files_prefix_is_every_ranks(tmp_path: Path) -> None:
+    # the tab reads every rank's copies from one prefix: the one each rank's own prefix lies under
+    from flyte_wandb_elastic._planner import run_files_prefix
+    from flyte_wandb_elastic._report import action_prefix
+
+    options = WandbOptions()
+    prefixes = {action_prefix(run_files_prefix(options, "s3://b/r1", "r1", "a0", r) or "") for r in range(4)}
+    assert prefixes == {"s3://b/r1/wandb/a0"}
+    declared = WandbOptions(persist_to="s3://b/keep")
+    assert action_prefix(run_files_prefix(declared, "s3://b/r1", "r1", "a0", 3) or "") == "s3://b/keep/r1/a0"
