@@ -54,6 +54,7 @@ ENGINES = ("elastic", "clustered")
 MODES = ("auto", "shared", "new")
 PROJECT = "faults"
 ROWS = 3000
+RESTART_BY_S = 3.0
 INTERVAL_S = 0.002
 PERSIST_S = 1.0
 FLUSH_S = 1.0
@@ -91,7 +92,9 @@ def draw(seed: int) -> Fault:
         kind=kind,
         run_mode=rnd.choice(MODES),
         online=kind.startswith("wandb") or rnd.random() < 0.5,
-        at_s=round(rnd.uniform(0.0, 7.0), 2),
+        # a restart needs every node still training: torch elastic cannot restart a job one of
+        # whose nodes has finished (ranks drift apart here, with no collective to hold them)
+        at_s=min(round(rnd.uniform(0.0, 7.0), 2), RESTART_BY_S if kind == "restart" else 7.0),
         rank=rnd.randrange(4),
     )
 

@@ -168,8 +168,8 @@ def _launch(engine: str, tmp: Path, options: dict[str, Any], env: dict[str, str]
 
 
 @pytest.mark.launch
-@pytest.mark.parametrize("engine", ["elastic", "clustered"])
-@pytest.mark.parametrize("online", [False, True], ids=["offline", "online"])
+# Elastic offline: the example's run below (`test_the_example_screenshots_its_tab_in_a_browser`)
+@pytest.mark.parametrize(("engine", "online"), [("clustered", False), ("elastic", True), ("clustered", True)])
 def test_a_job_writes_its_tab_live_and_final(tmp_path: Path, server: WandbServer, engine: str, online: bool) -> None:
     run_mode = "shared" if online else "new"
     options = {"run_mode": run_mode, **({"entity": ENTITY, "host": server.url} if online else {})}
