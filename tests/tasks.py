@@ -134,7 +134,7 @@ def paced(steps: int = 40, interval_s: float = 0.1, wait_open: bool = True) -> i
 def load(
     rows: int = 2000, interval_s: float = 0.002, reduce_every: int = 0, raise_rank: int = -1, raise_at: int = -1
 ) -> int:
-    """The fault-injection load: log `rows` rows `interval_s` apart, noting each as `paced` does.
+    """The fault-injection load: log `rows` rows, one every `interval_s`, noting each as `paced` does.
 
     Each rank writes its pid first (`rank-<r>.pid`). With `reduce_every`, ranks all-reduce every
     that many rows (gloo), as training does. `raise_rank` raises at row `raise_at`, on the job's
@@ -150,6 +150,7 @@ def load(
         dist.init_process_group("gloo")
     run = get_wandb_run()
     first_start = restart == 0 and os.environ.get("JOBSET_RESTART_ATTEMPT", "0") == "0"
+    started = time.monotonic()
     try:
         for row in range(rows):
             if rank == raise_rank and row == raise_at and first_start:
@@ -157,7 +158,8 @@ def load(
             if reduce_every and info is not None and row % reduce_every == 0:
                 dist.all_reduce(torch.tensor([1.0]))
             _log_row(run, rank, row, {"row": row, "rank": rank, "restart": restart})
-            time.sleep(interval_s)
+            # at a fixed rate, as training steps go: ranks that log no faster than those that log
+            time.sleep(max(0.0, started + (row + 1) * interval_s - time.monotonic()))
     finally:
         if reduce_every and info is not None:
             dist.destroy_process_group()
