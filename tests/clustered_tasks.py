@@ -60,7 +60,7 @@ def paced_report(steps: int = 40, interval_s: float = 0.1, wait_open: bool = Tru
 
 @env.task
 def load(
-    rows: int = 2000, interval_s: float = 0.002, reduce_every: int = 0, raise_rank: int = -1, raise_at: int = -1
+    rows: int = 2000, interval_s: float = 0.002, reduce_every: int = 0, raise_rank: int = -1, raise_at: float = -1
 ) -> int:
     return tasks.load(rows, interval_s, reduce_every, raise_rank, raise_at)
 

@@ -132,7 +132,7 @@ def run_fault(fault: Fault, tmp: Path, s3: S3Server, wandb_server: WandbServer) 
         "rows": ROWS,
         "interval_s": INTERVAL_S,
         "reduce_every": 0 if fault.kind == "restart" else 50,  # a restarted gloo group fails to reconnect
-        **({"raise_rank": fault.rank, "raise_at": int(fault.at_s / (INTERVAL_S * 1.3))} if raising else {}),
+        **({"raise_rank": fault.rank, "raise_at": fault.at_s} if raising else {}),
     }
     env = {**s3.env(), "FLYTE_AWS_ENDPOINT": proxy.url, **(wandb_server.env() if fault.online else {})}
     env["WANDB__TRANSACTION_LOG_FLUSH_INTERVAL"] = str(FLUSH_S)

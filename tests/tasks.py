@@ -132,12 +132,12 @@ def paced(steps: int = 40, interval_s: float = 0.1, wait_open: bool = True) -> i
 
 
 def load(
-    rows: int = 2000, interval_s: float = 0.002, reduce_every: int = 0, raise_rank: int = -1, raise_at: int = -1
+    rows: int = 2000, interval_s: float = 0.002, reduce_every: int = 0, raise_rank: int = -1, raise_at: float = -1
 ) -> int:
     """The fault-injection load: log `rows` rows, one every `interval_s`, noting each as `paced` does.
 
     Each rank writes its pid first (`rank-<r>.pid`). With `reduce_every`, ranks all-reduce every
-    that many rows (gloo), as training does. `raise_rank` raises at row `raise_at`, on the job's
+    that many rows (gloo), as training does. `raise_rank` raises `raise_at` seconds into the loop, on the job's
     first start only (not after a restart), so a restarted job can succeed.
     """
     info = get_distributed_info()
@@ -153,7 +153,7 @@ def load(
     started = time.monotonic()
     try:
         for row in range(rows):
-            if rank == raise_rank and row == raise_at and first_start:
+            if rank == raise_rank and 0 <= raise_at <= time.monotonic() - started and first_start:
                 raise ValueError(f"rank {rank} raises at row {row}")
             if reduce_every and info is not None and row % reduce_every == 0:
                 dist.all_reduce(torch.tensor([1.0]))
