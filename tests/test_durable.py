@@ -23,7 +23,9 @@ from typing import Any
 import pytest
 
 from flyte_wandb_elastic import WandbOptions
+from flyte_wandb_elastic._persist import whole_records_end
 from flyte_wandb_elastic._planner import plan_rank
+from flyte_wandb_elastic._runfiles import read_run_file
 from flyte_wandb_elastic._topology import Topology
 from tests.conftest import REPO, Launch, launch, launch_clustered
 from tests.servers import ENTITY, S3Server, WandbServer
@@ -362,6 +364,29 @@ def test_sync_of_a_restarted_offline_run(tmp_path: Path, wandb_server: WandbServ
         assert "1 synced" in done.stdout and len(rows) == 5
         again = cli("sync", str(tmp_path), env=wandb_server.env())
         assert "1 already synced" in again.stdout and again.returncode != 0  # tried again, not skipped
+
+
+def test_sync_of_a_copy_taken_mid_record(tmp_path: Path, wandb_server: WandbServer) -> None:
+    # storage lost while a copy was taken (fault seed 1004): the stored log ends in half a record,
+    # which W&B's own reader refuses; sync sends every whole row before it
+    script = "import wandb\nrun = wandb.init(id='torn', project='p', entity='default', mode='offline')\n"
+    script += "for i in range(200):\n    run.log({'x': i})\nrun.finish()\n"
+    env = {**os.environ, "WANDB_DIR": str(tmp_path / "pod")}
+    subprocess.run([sys.executable, "-c", script], env=env, check=True, capture_output=True)
+    [written] = (tmp_path / "pod" / "wandb").glob("offline-run-*/run-torn.wandb")
+    data = written.read_bytes()
+    torn = data[: len(data) * 2 // 3]
+    whole = tmp_path / "whole" / written.name
+    whole.parent.mkdir()
+    whole.write_bytes(torn)
+    kept = [row["x"] for row in read_run_file(whole).rows]
+    assert 0 < len(kept) < 200 and len(torn) > whole_records_end(whole)  # it does end mid-record
+    parts = tmp_path / "storage" / "wandb" / "a0" / "rank-0" / written.parent.name / f"{written.name}.parts"
+    parts.mkdir(parents=True)
+    (parts / f"{0:015d}").write_bytes(torn)
+    done = cli("sync", str(tmp_path / "storage"), env=wandb_server.env())
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert [row["x"] for row in wandb_server.rows(PROJECT, "torn")] == kept
 
 
 PERSIST_S = 5.0
