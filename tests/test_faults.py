@@ -18,8 +18,8 @@ from tests.servers import S3Server, WandbServer
 pytestmark = pytest.mark.launch
 
 # seed: what it broke, before the fix. (Seed 1004, a copy taken mid-record, is replayed without a
-# launch by test_durable::test_sync_of_a_copy_taken_mid_record: as a launch it also depends on how
-# fast the runs open, since rows queued before a run opens are copied only after.)
+# launch by test_durable::test_sync_of_a_copy_taken_mid_record: its launch, with storage lost for
+# good, can also fail the job when a rank dies at exit with its abandoned copy thread, an open bug.)
 REPLAYED = {
     101: "Elastic 2 nodes, a rank raises, max_restarts=1: the restarted ranks waited for ever at the end "
     "(the agents disagreed on the restart count in the end-of-job keys), and the healthy node's ranks "
