@@ -3,11 +3,15 @@
 A rank's end, from the return of its function, takes at most `finish_timeout` seconds (default
 60), whatever the W&B server does. The shares below count from that return:
 
-- a run still opening then (a server lost before or during `wandb.init`) is open, or safe in the
-  offline fallback, by `INIT_SHARE` of it: that is `init_timeout`'s default;
+- a run still opening then (a server lost before or during `wandb.init`) is open, or its
+  `wandb.init` has failed, by `INIT_SHARE` of it (`init_timeout`'s default counts from the start
+  of `wandb.init`, before the return); the offline fallback then opens in a fresh service and takes
+  the queued rows before `FINISH_SHARE`;
 - W&B gets `WANDB_SHARE` of it to upload what is left (`wandb.Settings.finish_timeout`: past it,
   wandb-core stops trying and the rest stays in the run files);
-- the finish call itself is abandoned at `FINISH_SHARE` of it, should wandb not keep its own bound;
+- the finish call itself is abandoned at `FINISH_SHARE` of it, should wandb not keep its own bound
+  (or the fallback not open in time): the run is given up, nothing reopens it, and the exit does
+  not wait for its service;
 - the last copy of the run files to storage must be done by `COPY_SHARE` of it;
 - the report tab's last write (rank 0 of a task with `report=True`) waits for the other ranks'
   last copies until `REPORT_SHARE` of it;
@@ -27,7 +31,7 @@ import threading
 from collections.abc import Callable
 
 DEFAULT_FINISH_TIMEOUT_S = 60.0
-INIT_SHARE = 0.5
+INIT_SHARE = 0.4
 WANDB_SHARE = 0.5
 FINISH_SHARE = 0.65
 COPY_SHARE = 0.8

@@ -22,7 +22,7 @@ from typing import Any
 import flyte
 
 from ._after_import import after_import
-from ._deadline import COPY_SHARE, DEFAULT_FINISH_TIMEOUT_S, FINISH_SHARE, REPORT_SHARE, run_within
+from ._deadline import COPY_SHARE, DEFAULT_FINISH_TIMEOUT_S, FINISH_SHARE, INIT_SHARE, REPORT_SHARE, run_within
 from ._job_end import report_failure, report_return, report_start
 from ._node_service import first_rank_service, join_node_service
 from ._options import PARENT_RUN_KEY, WandbOptions
@@ -135,7 +135,9 @@ class RankHooks:
         action = ctx.action if ctx else None
         run_name, action_name = (action.run_name or "", action.name) if action else (None, "")
         plan = plan_rank(options, topology, run_name, action_name, self.max_nodes, context.get(PARENT_RUN_KEY))
-        end = RankEnd(options.finish_timeout or DEFAULT_FINISH_TIMEOUT_S)
+        finish_timeout = options.finish_timeout or DEFAULT_FINISH_TIMEOUT_S
+        # a longer `init_timeout` than the default is honoured: the end may take that much longer
+        end = RankEnd(finish_timeout, max(0.0, (options.init_timeout or 0.0) - INIT_SHARE * finish_timeout))
         if not plan.opens_run:
             return None, None, end
         live = _current_run.get()
@@ -191,6 +193,9 @@ class RankHooks:
             from . import _wandb_run
 
             run = _wandb_run.open_run(plan, options, meta, resuming or again, stats, copy_prefix, fresh_service=again)
+            if rank_run.abandoned:  # the rank's end ran out of time while it opened: the exit must not wait
+                _wandb_run.kill_own_services()
+                return run
             if copy_prefix is not None:
                 if end.copier is not None:  # the dead start's files, as its service left them
                     end.copier.final_copy(SLOW_COPY_S, synced=False)
@@ -259,6 +264,7 @@ class RankEnd:
     of a task with `report=True` the report tab."""
 
     finish_timeout: float
+    extra_s: float = 0.0  # what an `init_timeout` longer than its default adds
     copier: RunFilesCopier | None = None
     report: ReportTab | None = None
 
@@ -284,25 +290,28 @@ def _finish(rank_run: RankRun, published: Any, end: RankEnd, exit_code: int, err
             )
 
     try:
-        finish_s = FINISH_SHARE * end.finish_timeout
+        finish_s = FINISH_SHARE * end.finish_timeout + end.extra_s
         try:
             if not run_within(lambda: rank_run.finish_when_open(finish), finish_s, "flyte-wandb-elastic-finish"):
+                unwritten = rank_run.abandon()
                 logger.warning(
-                    "W&B did not finish %r within %.0f s (finish_timeout=%g): this rank ends without it. "
-                    "Its run files hold every row; upload them with `python -m flyte_wandb_elastic sync`.",
+                    "W&B did not finish %r within %.0f s (finish_timeout=%g): this rank ends without it. %s",
                     rank_run,
                     finish_s,
                     end.finish_timeout,
+                    f"It never opened: {unwritten} queued call(s) were not written."
+                    if unwritten
+                    else "Its run files hold every row; upload them with `python -m flyte_wandb_elastic sync`.",
                 )
                 from . import _wandb_run
 
                 _wandb_run.kill_own_services()
         finally:
             if end.copier is not None:
-                left = COPY_SHARE * end.finish_timeout - (time.monotonic() - started)
+                left = COPY_SHARE * end.finish_timeout + end.extra_s - (time.monotonic() - started)
                 end.copier.final_copy(left, synced=bool(uploaded and uploaded[0]))
             if end.report is not None:
-                left = REPORT_SHARE * end.finish_timeout - (time.monotonic() - started)
+                left = REPORT_SHARE * end.finish_timeout + end.extra_s - (time.monotonic() - started)
                 end.report.finish(left, stopped=exit_code != 0)
     finally:
         if "wandb" in sys.modules:  # the globals were set only if wandb was imported

@@ -76,7 +76,7 @@ class WandbOptions:
         flush_interval: Seconds between flushes of each run's offline transaction log
             (default 1.0, W&B's own default is 15): a rank killed soon after logging keeps its rows.
         init_timeout: Seconds `wandb.init` may take on a rank before it counts as failed and the
-            rank logs offline (default: half of `finish_timeout`, 30 s; W&B's own is 90). A
+            rank logs offline (default: 40 % of `finish_timeout`, 24 s; W&B's own is 90). A
             larger value can hold the end of a rank whose run is still opening past
             `finish_timeout`.
         on_init_failure: When `wandb.init` fails on a rank (server unreachable, key rejected,

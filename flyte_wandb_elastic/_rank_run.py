@@ -102,6 +102,8 @@ class RankRun:
             run = self._opener(self, again)
         except BaseException as exc:
             with self._lock:
+                if self._lost:  # given up while it opened (its service stopped under it)
+                    return
                 dropped, self._queue = len(self._queue or ()), None
                 if again:  # a W&B outage never kills training
                     self._lost = True
@@ -114,6 +116,8 @@ class RankRun:
             self._opened.set()
             return
         with self._lock:  # new calls wait while the queue is written, so order is kept
+            if self._lost:  # given up while it opened
+                return
             queue, self._queue = self._queue or [], None
             self._sent.clear()
             self._sent_rows, self._plain, self._setup = 0, True, []
@@ -139,7 +143,7 @@ class RankRun:
 
     def _reopen_later(self, dead: Any, unwritten: list[tuple[str, tuple[Any, ...], dict[str, Any]]]) -> bool:
         """With the lock held: queue calls again and reopen the run in the background; whether it will."""
-        if self._reopens >= MAX_REOPENS:
+        if self._reopens >= MAX_REOPENS or self._lost:
             return False
         self._reopens += 1
         self._queue, self._run = list(unwritten), None
@@ -236,6 +240,23 @@ class RankRun:
                     return None
         run = self.wandb_run()  # opening failed: raises
         return getattr(run, name)(*args, **kwargs)
+
+    def abandon(self) -> int:
+        """Give the run up (its end ran out of time): nothing more is written or reopened.
+
+        Returns:
+            How many calls were still queued (never written: the run had not opened).
+        """
+        with self._lock:
+            self._lost = True
+            dropped, self._queue = len(self._queue or ()), None
+        self._opened.set()  # nothing waits for it any more
+        return dropped
+
+    @property
+    def abandoned(self) -> bool:
+        """Whether the run was given up: what is logged from now on is not recorded."""
+        return self._lost
 
     def finish_when_open(self, finish: Callable[[Any], None]) -> None:
         """Call `finish(run)` once the run is open and every queued call is written; nothing if it never opened."""
