@@ -44,6 +44,8 @@ SLOW_COPY_S = 10.0
 # (waiting at most SETTLE_S).
 QUIET_S = 0.3
 SETTLE_S = 3.0
+# How long a copy given up on may take to end once its storage calls are cancelled.
+CANCEL_WAIT_S = 1.0
 _APPEND_ONLY = (".wandb", ".log")
 _SKIPPED_DIRS = ("tmp",)  # W&B's scratch space: nothing in it is a record
 
@@ -66,6 +68,7 @@ class RunFilesCopier:
         self._sent_offsets: dict[Path, int] = {}
         self._sent_stamps: dict[Path, tuple[int, int]] = {}
         self._lock = threading.Lock()  # one copy at a time
+        self._calls = _storage.Calls()  # cancelled when the last copy is given up
         self._stop = threading.Event()
         self._warned = False
         self._thread: threading.Thread | None = None
@@ -130,7 +133,7 @@ class RunFilesCopier:
             if self._wait_until_quiet(min(SETTLE_S, timeout_s / 4)):
                 outcome[0] = self.copy()
             if outcome[0] and synced:
-                mark_synced(self.uri, "uploaded by the run itself")
+                mark_synced(self.uri, "uploaded by the run itself", self._calls)
 
         try:
             if run_within(last, timeout_s, "flyte-wandb-elastic-last-copy"):
@@ -138,6 +141,10 @@ class RunFilesCopier:
         except Exception as exc:  # the record only: the copy itself is made
             logger.warning("could not record %s as synced (%s)", self.uri, exc)
             return True
+        # no thread of this copier may be left inside the storage client when the process exits
+        self._calls.cancel()
+        if self._lock.acquire(timeout=CANCEL_WAIT_S):
+            self._lock.release()
         kept = (
             f"the copy made before it holds all but about the last {self.interval_s:g} s"
             if self.copies
@@ -180,7 +187,7 @@ class RunFilesCopier:
                 data = f.read()
             if not data:
                 return
-            _storage.put_bytes(_storage.join(self.uri, relative + PARTS_SUFFIX, f"{offset:015d}"), data)
+            _storage.put_bytes(_storage.join(self.uri, relative + PARTS_SUFFIX, f"{offset:015d}"), data, self._calls)
             self._sent_offsets[path] = offset + len(data)
         else:
             stat = path.stat()
@@ -188,15 +195,15 @@ class RunFilesCopier:
             if self._sent_stamps.get(path) == stamp:
                 return
             data = path.read_bytes()
-            _storage.put_bytes(_storage.join(self.uri, relative), data)
+            _storage.put_bytes(_storage.join(self.uri, relative), data, self._calls)
             self._sent_stamps[path] = stamp
         self.bytes_sent += len(data)
 
 
-def mark_synced(run_dir_uri: str, how: str) -> None:
+def mark_synced(run_dir_uri: str, how: str, calls: _storage.Calls | None = None) -> None:
     """Record, beside a run directory's copy, that its rows are on a W&B server."""
     record = {"synced_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "how": how}
-    _storage.put_bytes(_storage.join(run_dir_uri, SYNCED_MARKER), json.dumps(record).encode())
+    _storage.put_bytes(_storage.join(run_dir_uri, SYNCED_MARKER), json.dumps(record).encode(), calls)
 
 
 def assemble(root: Path) -> None:

@@ -9,10 +9,69 @@ never the training thread.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import threading
+from collections.abc import Coroutine
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import flyte.storage as storage
+
+T = TypeVar("T")
+
+
+class Cancelled(Exception):
+    """A storage call was cancelled (see `Calls.cancel`)."""
+
+
+class Calls:
+    """Storage calls that can all be cancelled at once, from any thread.
+
+    Storage clients retry for minutes: a thread given up on would otherwise still be inside one
+    when its process exits, and a storage client's own threads calling back into an interpreter
+    that is shutting down can crash the process after its work is done.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._running: set[tuple[asyncio.AbstractEventLoop, asyncio.Task[Any]]] = set()
+        self._cancelled = False
+
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        """`asyncio.run(coro)`, unless cancelled first or meanwhile.
+
+        Raises:
+            Cancelled: `cancel()` was called before or during the call.
+        """
+
+        async def tracked() -> T:
+            task = asyncio.current_task()
+            assert task is not None
+            entry = (asyncio.get_running_loop(), task)
+            with self._lock:
+                if self._cancelled:
+                    coro.close()
+                    raise Cancelled("storage calls were cancelled")
+                self._running.add(entry)
+            try:
+                return await coro
+            finally:
+                with self._lock:
+                    self._running.discard(entry)
+
+        try:
+            return asyncio.run(tracked())
+        except asyncio.CancelledError:
+            raise Cancelled("storage call cancelled") from None
+
+    def cancel(self) -> None:
+        """Cancel the calls running now and refuse the next ones."""
+        with self._lock:
+            self._cancelled = True
+            running = list(self._running)
+        for loop, task in running:
+            with contextlib.suppress(RuntimeError):  # its loop has just closed: the call is over
+                loop.call_soon_threadsafe(task.cancel)
 
 
 def _local(uri: str) -> Path | None:
@@ -34,12 +93,12 @@ def join(*parts: str) -> str:
     return "/".join(p.strip("/") if i else p.rstrip("/") for i, p in enumerate(parts) if p)
 
 
-def put_bytes(uri: str, data: bytes) -> None:
-    """Write `data` as the object (or file) `uri`, replacing it."""
+def put_bytes(uri: str, data: bytes, calls: Calls | None = None) -> None:
+    """Write `data` as the object (or file) `uri`, replacing it (as one of `calls`, if given)."""
     local = _local(uri)
     if local is not None:
         local.parent.mkdir(parents=True, exist_ok=True)
-    asyncio.run(storage.put_stream(data, to_path=uri))
+    (calls.run if calls is not None else asyncio.run)(storage.put_stream(data, to_path=uri))
 
 
 def read_bytes(uri: str) -> bytes | None:

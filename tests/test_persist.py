@@ -3,13 +3,17 @@ read back whole. A real offline W&B run, copied through Flyte's storage layer to
 
 from __future__ import annotations
 
+import os
+import threading
 import time
 from pathlib import Path
 
+import pytest
 import wandb
 
 from flyte_wandb_elastic._persist import SYNCED_MARKER, RunFilesCopier, fetch_copies
 from flyte_wandb_elastic._runfiles import read_run_files
+from tests.servers import S3Server
 
 
 def test_each_copy_sends_only_what_is_new_and_the_copies_read_back_whole(wandb_offline: Path) -> None:
@@ -36,3 +40,37 @@ def test_each_copy_sends_only_what_is_new_and_the_copies_read_back_whole(wandb_o
     assert (wandb_offline / "storage" / "rank-0" / Path(run.settings.sync_dir).name / SYNCED_MARKER).exists()
     # the copies in storage are left as they were (parts, not joined files)
     assert not list((wandb_offline / "storage").rglob("run-*.wandb"))
+
+
+def test_a_last_copy_given_up_leaves_no_thread_in_the_storage_client(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Storage lost for good mid-run (a real S3 server, killed): the last copy gives up in time, and
+    no thread of the copier is left inside the storage client (which retries for minutes) for the
+    process's exit to run into."""
+    s3 = S3Server(tmp_path / "s3")
+    s3.start()
+    try:
+        for key, value in s3.env().items():
+            monkeypatch.setenv(key, value)
+        run_dir = tmp_path / "run"
+        run_dir.mkdir()
+        log = run_dir / "run-x.wandb"
+        log.write_bytes(os.urandom(50_000))
+        copier = RunFilesCopier(run_dir, s3.uri("x", "r1"), interval_s=0.2)
+        copier.start()
+        deadline = time.monotonic() + 30
+        while copier.copies < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert copier.copies >= 2
+        s3.kill()
+        with log.open("ab") as out:  # written after the storage was lost
+            out.write(os.urandom(5000))
+        time.sleep(0.5)  # a copy is now retrying
+        started = time.monotonic()
+        assert not copier.final_copy(1.0, synced=False)
+        assert time.monotonic() - started < 2.5
+        time.sleep(0.3)
+        assert [t.name for t in threading.enumerate() if t.name.startswith("flyte-wandb-elastic")] == []
+    finally:
+        s3.stop()
