@@ -147,9 +147,10 @@ def open_run(
     # process's), and left a local directory that holds nothing and was never uploaded: start a
     # service of this rank's own, without that directory.
     _use_a_fresh_service()
-    if plan.run_id:
+    if plan.run_id:  # only this writer's: a shared run's other writers on this node use the same id
         for path in run_dirs.glob(f"run-*-{plan.run_id}*"):
-            if path.is_dir() and path.stat().st_mtime >= started - 1:
+            mine = path.is_dir() and _writers_dir(path.name, plan.run_id, plan.label)
+            if mine and path.stat().st_mtime >= started - 1:
                 shutil.rmtree(path, ignore_errors=True)
     init_kwargs["mode"] = "offline"
     settings.pop("base_url", None)
@@ -370,6 +371,12 @@ def stop_node_service(exit_code: int) -> None:
     """
     wandb.teardown(exit_code)
     os.environ.pop(wandb_env.SERVICE, None)
+
+
+def _writers_dir(name: str, run_id: str, label: str | None) -> bool:
+    """Whether the run directory `name` (`[offline-]run-<time>-<run id>[-<label>]`) is this writer's."""
+    rest = name.removeprefix("offline-").removeprefix("run-").partition("-")[2]
+    return rest == (f"{run_id}-{label}" if label else run_id)
 
 
 def _earlier_run_files(run_dirs: Path, run_id: str, label: str | None) -> list[Path]:

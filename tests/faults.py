@@ -12,7 +12,8 @@ and a real S3 server behind an outage proxy, injects the fault at its moment, th
 - `no_false_success`: a job that failed leaves no run file with exit code 0;
 - `bound`: the job ends within `finish_timeout` (plus the time torch elastic takes to notice a
   lost rank) after its last row or the fault;
-- `steps`: after a restart, steps never go back within a writer's files;
+- `steps`: after a restart, steps never go back within a writer's files (for a W&B shared-mode
+  writer online, which W&B gives no steps of its own, its rows never go back in time);
 - `no_leftovers`: no `wandb-core` of the job is left running.
 """
 
@@ -55,6 +56,8 @@ MODES = ("auto", "shared", "new")
 PROJECT = "faults"
 ROWS = 3000
 RESTART_BY_S = 3.0
+# the peers of a rank that raises before a restart wait this long after their rows (see `load`)
+HOLD_S = 30.0
 INTERVAL_S = 0.002
 PERSIST_S = 1.0
 FLUSH_S = 1.0
@@ -133,6 +136,7 @@ def run_fault(fault: Fault, tmp: Path, s3: S3Server, wandb_server: WandbServer) 
         "interval_s": INTERVAL_S,
         "reduce_every": 0 if fault.kind == "restart" else 50,  # a restarted gloo group fails to reconnect
         **({"raise_rank": fault.rank, "raise_at": fault.at_s} if raising else {}),
+        **({"hold_s": HOLD_S} if fault.kind == "restart" else {}),
     }
     env = {**s3.env(), "FLYTE_AWS_ENDPOINT": proxy.url, **(wandb_server.env() if fault.online else {})}
     env["WANDB__TRANSACTION_LOG_FLUSH_INTERVAL"] = str(FLUSH_S)
@@ -276,8 +280,11 @@ def _check(
     held["steps"] = True
     for writer in {(r.run_id, r.label) for r in stored}:
         files = sorted((r for r in stored if (r.run_id, r.label) == writer), key=lambda r: r.run_dir)
-        steps = [row["_step"] for r in files for row in r.rows]
-        if any(b <= a for a, b in itertools.pairwise(steps)):
+        # W&B's shared mode online gives a writer no steps of its own (it ignores explicit ones):
+        # there, a writer's rows go on in time
+        axis = "_timestamp" if writer[1] is not None and fault.online else "_step"
+        steps = [row[axis] for r in files for row in r.rows]
+        if any(b < a or (b == a and axis == "_step") for a, b in itertools.pairwise(steps)):
             held["steps"] = False
             details.append(f"steps go back in {writer}")
     # rows: sync the storage to the server, then every row due must be there

@@ -132,13 +132,21 @@ def paced(steps: int = 40, interval_s: float = 0.1, wait_open: bool = True) -> i
 
 
 def load(
-    rows: int = 2000, interval_s: float = 0.002, reduce_every: int = 0, raise_rank: int = -1, raise_at: float = -1
+    rows: int = 2000,
+    interval_s: float = 0.002,
+    reduce_every: int = 0,
+    raise_rank: int = -1,
+    raise_at: float = -1,
+    hold_s: float = 0.0,
 ) -> int:
     """The fault-injection load: log `rows` rows, one every `interval_s`, noting each as `paced` does.
 
     Each rank writes its pid first (`rank-<r>.pid`). With `reduce_every`, ranks all-reduce every
     that many rows (gloo), as training does. `raise_rank` raises `raise_at` seconds into the loop, on the job's
-    first start only (not after a restart), so a restarted job can succeed.
+    first start only (not after a restart), so a restarted job can succeed. With `hold_s`, the
+    other ranks of that first start then wait up to that long before returning, as ranks blocked
+    in the next collective with the failed one would (without a collective, they would finish,
+    and torch elastic cannot restart a node whose ranks have all finished).
     """
     info = get_distributed_info()
     rank = info["rank"] if info else 0
@@ -163,6 +171,8 @@ def load(
     finally:
         if reduce_every and info is not None:
             dist.destroy_process_group()
+    if raise_rank >= 0 and first_start:
+        time.sleep(hold_s)  # torch elastic stops this rank meanwhile, once it sees the failure
     _record_facts(rank, run, info, returned_at=time.time())
     return rows
 

@@ -1,4 +1,5 @@
-"""A run whose end ran out of time is given up: nothing waits for it, fails for it or reopens it.
+"""A rank's run: given up when its end runs out of time (nothing waits for it, fails for it or
+reopens it), and the offline fallback of a failed start, which removes only its own leftovers.
 
 `RankRun` is driven here by an opener of the test's own (the real one calls `wandb.init`; the
 launches of `test_durable` cover that): one that is still opening when the rank's end gives up.
@@ -42,3 +43,16 @@ def test_a_run_given_up_while_opening_neither_waits_nor_fails_the_rank() -> None
     rank_run.raise_if_failed()  # the opener's later failure does not fail the rank
     assert rank_run.abandoned and opener.calls == 1  # nor is the run opened again
     assert rank_run.id == "r1-a0-rank-0"
+
+
+def test_a_failed_start_removes_only_its_own_writers_directory() -> None:
+    """The offline fallback removes the empty directory its failed online start left; in shared
+    mode the node's other writers of the same run have directories of the same run id."""
+    from flyte_wandb_elastic._wandb_run import _writers_dir
+
+    assert _writers_dir("run-20261203_180242-r1-a0", "r1-a0", None)
+    assert _writers_dir("run-20261203_180242-r1-a0-rank-0", "r1-a0", "rank-0")
+    assert _writers_dir("offline-run-20261203_180242-r1-a0-rank-0", "r1-a0", "rank-0")
+    assert not _writers_dir("run-20261203_180242-r1-a0-rank-1", "r1-a0", "rank-0")
+    assert not _writers_dir("run-20261203_180242-r1-a0-rank-1", "r1-a0", None)
+    assert not _writers_dir("run-20261203_180242-r1-a0-rank-10", "r1-a0-rank-1", None)
