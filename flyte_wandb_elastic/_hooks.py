@@ -299,7 +299,7 @@ def _finish(rank_run: RankRun, published: Any, end: RankEnd, exit_code: int, err
                     rank_run,
                     finish_s,
                     end.finish_timeout,
-                    f"It never opened: {unwritten} queued call(s) were not written."
+                    f"It was not open: {unwritten} queued call(s) were not written."
                     if unwritten
                     else "Its run files hold every row; upload them with `python -m flyte_wandb_elastic sync`.",
                 )
