@@ -84,16 +84,27 @@ def _check_launch(result: Launch, config: dict[str, Any], task: str, expected: l
         assert {u.removeprefix(prefix + "runs/") for u in uris} == {run.run_id for run in result.runs}
 
 
-@pytest.mark.parametrize("task", list(TASKS))
-@pytest.mark.parametrize(("run_mode", "rank_scope"), list(ONE_NODE))
+# Each layout with one of the two APIs (the environment's `train`, upstream's `@wandb_init`), so
+# that a layout run on one node and on two runs with both, and each API covers every run mode.
+ONE_NODE_CASES = [("train", "auto", "global"), ("train_decorated", "shared", "global"), ("train", "new", "global")]
+TWO_NODE_CASES = [
+    ("train_decorated", "auto", "global"),
+    ("train", "auto", "worker"),
+    ("train", "shared", "global"),
+    ("train_decorated", "shared", "worker"),
+    ("train_decorated", "new", "global"),
+    ("train", "new", "worker"),
+]
+
+
+@pytest.mark.parametrize(("task", "run_mode", "rank_scope"), ONE_NODE_CASES)
 def test_one_node_two_ranks(tmp_path: Path, task: str, run_mode: str, rank_scope: str) -> None:
     config = {"replicas": 1, "nproc_per_node": 2, "project": "p", "run_mode": run_mode, "rank_scope": rank_scope}
     result = launch_clustered(tmp_path, config, inputs={"steps": STEPS, **TASKS[task]}, task=task)
     _check_launch(result, config, task, ONE_NODE[(run_mode, rank_scope)])
 
 
-@pytest.mark.parametrize("task", list(TASKS))
-@pytest.mark.parametrize(("run_mode", "rank_scope"), list(TWO_NODES))
+@pytest.mark.parametrize(("task", "run_mode", "rank_scope"), TWO_NODE_CASES)
 def test_two_nodes_two_ranks(tmp_path: Path, task: str, run_mode: str, rank_scope: str) -> None:
     config = {"replicas": 2, "nproc_per_node": 2, "project": "p", "run_mode": run_mode, "rank_scope": rank_scope}
     result = launch_clustered(tmp_path, config, inputs={"steps": STEPS, **TASKS[task]}, task=task)

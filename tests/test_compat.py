@@ -30,15 +30,15 @@ SNIPPETS = {
 }
 
 
-# the snippets as written (`get_wandb_run()`), and the same patterns through W&B's globals
-SNIPPET_CASES = [("tests.snippets", name) for name in SNIPPETS] + [
-    ("tests.snippets_globals", name) for name in SNIPPETS if name != "custom_logic_task"
+# the snippets as written (`get_wandb_run()`) on one node and on two, and the same patterns
+# through W&B's globals on one or the other, in turn
+SNIPPET_CASES = [("tests.snippets", name, nnodes) for name in SNIPPETS for nnodes in (1, 2)] + [
+    ("tests.snippets_globals", name, 1 + i % 2) for i, name in enumerate(SNIPPETS) if name != "custom_logic_task"
 ]
 
 
 @pytest.mark.launch
-@pytest.mark.parametrize("nnodes", [1, 2])
-@pytest.mark.parametrize(("module", "name"), SNIPPET_CASES)
+@pytest.mark.parametrize(("module", "name", "nnodes"), SNIPPET_CASES)
 def test_reference_snippets_on_real_launches(tmp_path: Path, module: str, name: str, nnodes: int) -> None:
     run_mode, rank_scope, project, metric = SNIPPETS[name]
     result = launch(tmp_path, {"nnodes": nnodes}, task=f"{module}:{name}", extra_env={"SNIPPET_NNODES": str(nnodes)})

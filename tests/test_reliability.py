@@ -125,7 +125,7 @@ def test_unreachable_server_can_fail_the_task_instead(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("run_mode", ["shared", "new"])
 def test_every_row_of_a_heavy_job_is_kept(tmp_path: Path, run_mode: str) -> None:
-    rows = 5000
+    rows = 3000
     config = {"nnodes": 2, "nproc_per_node": 2, "project": "p", "run_mode": run_mode}
     result = launch(tmp_path, config, inputs={"steps": rows, "extra_metrics": 7})
     assert result.errors == [], result.logs
