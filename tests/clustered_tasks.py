@@ -60,9 +60,14 @@ def paced_report(steps: int = 40, interval_s: float = 0.1, wait_open: bool = Tru
 
 @env.task
 def load(
-    rows: int = 2000, interval_s: float = 0.002, reduce_every: int = 0, raise_rank: int = -1, raise_at: float = -1
+    rows: int = 2000,
+    interval_s: float = 0.002,
+    reduce_every: int = 0,
+    raise_rank: int = -1,
+    raise_at: float = -1.0,
+    hold_s: float = 0.0,
 ) -> int:
-    return tasks.load(rows, interval_s, reduce_every, raise_rank, raise_at)
+    return tasks.load(rows, interval_s, reduce_every, raise_rank, raise_at, hold_s)
 
 
 @wandb_init(**_config)

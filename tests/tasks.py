@@ -136,7 +136,7 @@ def load(
     interval_s: float = 0.002,
     reduce_every: int = 0,
     raise_rank: int = -1,
-    raise_at: float = -1,
+    raise_at: float = -1.0,
     hold_s: float = 0.0,
 ) -> int:
     """The fault-injection load: log `rows` rows, one every `interval_s`, noting each as `paced` does.
