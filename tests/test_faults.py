@@ -17,9 +17,9 @@ from tests.servers import S3Server, WandbServer
 
 pytestmark = pytest.mark.launch
 
-# seed: what it broke, before the fix. (Seed 1004, a copy taken mid-record, is replayed without a
-# launch by test_durable::test_sync_of_a_copy_taken_mid_record: its launch, with storage lost for
-# good, can also fail the job when a rank dies at exit with its abandoned copy thread, an open bug.)
+# seed: what it broke, before the fix. Fixes whose seeds are not launched here have tests of their
+# own: seed 1004 (a copy taken mid-record) test_durable::test_sync_of_a_copy_taken_mid_record;
+# seed 3012 (a shared writer's fallback removed its node peer's directory) test_rank_run.
 REPLAYED = {
     101: "Elastic 2 nodes, a rank raises, max_restarts=1: the restarted ranks waited for ever at the end "
     "(the agents disagreed on the restart count in the end-of-job keys), and the healthy node's ranks "
@@ -28,6 +28,8 @@ REPLAYED = {
     "written, so steps went back",
     2007: "the node's wandb-core killed, shared offline: the rows it had taken but not yet written were lost, "
     "and nothing logged after it was recorded",
+    3083: "storage lost for good, clustered shared offline: a rank died of SIGSEGV at its exit, its abandoned "
+    "last copy still inside the storage client, and the job failed after every run had ended successful",
 }
 
 
