@@ -268,6 +268,10 @@ class RankEnd:
     copier: RunFilesCopier | None = None
     report: ReportTab | None = None
 
+    def by(self, share: float) -> float:
+        """Seconds from the function's return by which `share` of the end must be done."""
+        return share * self.finish_timeout + self.extra_s
+
 
 def _finish(rank_run: RankRun, published: Any, end: RankEnd, exit_code: int, error: str | None) -> None:
     """Finish the run once every queued call is written, copy its files a last time, hand W&B's globals back.
@@ -290,7 +294,7 @@ def _finish(rank_run: RankRun, published: Any, end: RankEnd, exit_code: int, err
             )
 
     try:
-        finish_s = FINISH_SHARE * end.finish_timeout + end.extra_s
+        finish_s = end.by(FINISH_SHARE)
         try:
             if not run_within(lambda: rank_run.finish_when_open(finish), finish_s, "flyte-wandb-elastic-finish"):
                 unwritten = rank_run.abandon()
@@ -308,10 +312,10 @@ def _finish(rank_run: RankRun, published: Any, end: RankEnd, exit_code: int, err
                 _wandb_run.kill_own_services()
         finally:
             if end.copier is not None:
-                left = COPY_SHARE * end.finish_timeout + end.extra_s - (time.monotonic() - started)
+                left = end.by(COPY_SHARE) - (time.monotonic() - started)
                 end.copier.final_copy(left, synced=bool(uploaded and uploaded[0]))
             if end.report is not None:
-                left = REPORT_SHARE * end.finish_timeout + end.extra_s - (time.monotonic() - started)
+                left = end.by(REPORT_SHARE) - (time.monotonic() - started)
                 end.report.finish(left, stopped=exit_code != 0)
     finally:
         if "wandb" in sys.modules:  # the globals were set only if wandb was imported

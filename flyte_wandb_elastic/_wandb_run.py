@@ -385,7 +385,7 @@ def _earlier_run_files(run_dirs: Path, run_id: str, label: str | None) -> list[P
     return [
         path
         for path in run_dirs.glob(f"*run-*{suffix}*/run-{run_id}.wandb")
-        if path.parent.name.endswith(suffix) or path.parent.name.rpartition("-")[0].endswith(suffix)
+        if any(_writers_dir(name, run_id, label) for name in (path.parent.name, path.parent.name.rpartition("-")[0]))
     ]
 
 
