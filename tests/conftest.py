@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -21,6 +23,9 @@ from flyte_wandb_elastic._runfiles import RunFile, read_run_files
 
 REPO = Path(__file__).resolve().parent.parent
 LAUNCH_TIMEOUT_S = 150
+# with simulated pods: how soon the platform deletes the other pods of a failed job, and their grace
+DELETE_AFTER_S = 5.0
+TERMINATION_GRACE_S = 30.0
 
 
 @dataclass
@@ -120,7 +125,7 @@ def launch(
                 log,
             )
         )
-    wall_s, ended_at = _wait_for(procs, facts_dir, during, started)
+    wall_s, ended_at = _wait_for(procs, facts_dir, during, started, pods)
     outcomes = []
     for node in range(nnodes):
         out = tmp / f"node-{node}.json"
@@ -142,13 +147,29 @@ def _wait_for(
     facts_dir: Path,
     during: Callable[[Path], None] | None,
     started: float,
+    pods: bool = False,
 ) -> tuple[float, float]:
-    """Wait for the node processes (killing any left after the timeout); the wall time and end."""
+    """Wait for the node processes (killing any left after the timeout); the wall time and end.
+
+    With `pods`, a failed node fails the job, and the platform then deletes the job's other pods,
+    as Flyte does with a failed PyTorchJob or JobSet: `DELETE_AFTER_S` after the failure, each
+    remaining node process gets SIGTERM, and SIGKILL `TERMINATION_GRACE_S` later. (Otherwise a node
+    whose ranks all returned waits at torch elastic's exit barrier for a peer that never comes.)
+    """
     try:
         if during is not None:
             during(facts_dir)
+        deadline = time.monotonic() + LAUNCH_TIMEOUT_S
+        failed_at: float | None = None
+        while any(proc.poll() is None for proc, _ in procs) and time.monotonic() < deadline:
+            if pods and failed_at is None and any(proc.poll() not in (None, 0) for proc, _ in procs):
+                failed_at = time.monotonic()
+            if failed_at is not None and time.monotonic() > failed_at + DELETE_AFTER_S:
+                _delete_pods([proc for proc, _ in procs if proc.poll() is None])
+                break
+            time.sleep(0.1)
         for proc, _ in procs:
-            proc.wait(timeout=LAUNCH_TIMEOUT_S)
+            proc.wait(timeout=max(1.0, deadline - time.monotonic()))
     finally:
         for proc, log in procs:
             if proc.poll() is None:
@@ -156,6 +177,53 @@ def _wait_for(
                 proc.wait()
             log.close()
     return time.monotonic() - started, time.time()
+
+
+def kill_tree(pid: int) -> None:
+    """SIGKILL a process and all its descendants at once, as a lost node ends a pod."""
+    children: dict[int, list[int]] = {}
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            ppid = int((proc / "stat").read_text().rpartition(")")[2].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(ppid, []).append(int(proc.name))
+    todo, tree = [pid], []
+    while todo:
+        current = todo.pop()
+        tree.append(current)
+        todo.extend(children.get(current, []))
+    for member in tree:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(member, signal.SIGKILL)
+
+
+def launched_pids(tmp: Path) -> list[int]:
+    """The node processes of the launch under `tmp` (found by their log file)."""
+    found = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        if int(proc.name) == os.getpid():  # the test itself holds the log files open too
+            continue
+        try:
+            fds = list((proc / "fd").iterdir())
+            if any(os.readlink(fd).startswith(str(tmp / "node-")) for fd in fds):
+                found.append(int(proc.name))
+        except OSError:
+            continue
+    return found
+
+
+def _delete_pods(procs: list[subprocess.Popen[bytes]]) -> None:
+    """End node processes as Kubernetes deletes their pods: SIGTERM, then SIGKILL after the grace."""
+    for proc in procs:
+        proc.terminate()
+    grace_ends = time.monotonic() + TERMINATION_GRACE_S
+    for proc in procs:
+        try:
+            proc.wait(timeout=max(0.0, grace_ends - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            kill_tree(proc.pid)
+            proc.wait()
 
 
 def _collected(
@@ -277,7 +345,7 @@ def launch_clustered(
         node_env = {**env, "NODE_RANK": str(node), "PATH": f"{bin_dir}{os.pathsep}{env.get('PATH', '')}"}
         node_env.update(_pod_env(tmp, node, pods))
         procs.append((subprocess.Popen(command, cwd=REPO, env=node_env, stdout=log, stderr=subprocess.STDOUT), log))
-    wall_s, ended_at = _wait_for(procs, facts_dir, during, started)
+    wall_s, ended_at = _wait_for(procs, facts_dir, during, started, pods)
     outcomes: list[dict[str, Any]] = []
     for node, (proc, _) in enumerate(procs):
         outcome: dict[str, Any] = {"rc": proc.returncode}

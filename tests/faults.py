@@ -9,7 +9,8 @@ and a real S3 server behind an outage proxy, injects the fault at its moment, th
 - `rows`: every row logged at least one persist interval (plus a flush) before the fault is kept,
   and `sync` of the run's storage brings it to the server (every row, for faults that kill no
   process and lose no storage);
-- `no_false_success`: a job that failed leaves no run file with exit code 0;
+- `no_false_success`: a job that failed leaves no run file with exit code 0, unless it failed only
+  after every rank had returned (a run ends successful only then, and its end cannot be undone);
 - `bound`: the job ends within `finish_timeout` (plus the time torch elastic takes to notice a
   lost rank) after its last row or the fault;
 - `steps`: after a restart, steps never go back within a writer's files (for a W&B shared-mode
@@ -36,7 +37,7 @@ from flyte_wandb_elastic._persist import fetch_copies
 from flyte_wandb_elastic._planner import plan_rank
 from flyte_wandb_elastic._runfiles import read_run_files
 from flyte_wandb_elastic._topology import Topology
-from tests.conftest import Launch, launch, launch_clustered, wandb_core_processes
+from tests.conftest import Launch, kill_tree, launch, launch_clustered, launched_pids, wandb_core_processes
 from tests.servers import ENTITY, Outage, S3Server, WandbServer
 
 KINDS = (
@@ -192,17 +193,15 @@ def _pid(facts_dir: Path, rank: int, timeout_s: float = 60) -> int | None:
 
 
 def _inject(fault: Fault, tmp: Path, facts_dir: Path, s3: S3Server, proxy: Outage, server: WandbServer) -> None:
-    from tests.test_durable import _kill_tree, _launched_pids
-
     kind = fault.kind
     if kind in ("sigkill_rank", "sigterm_rank"):
         pid = _pid(facts_dir, fault.rank)
         if pid:
             os.kill(pid, signal.SIGKILL if kind == "sigkill_rank" else signal.SIGTERM)
     elif kind == "sigkill_node":
-        for pid in _launched_pids(tmp):
+        for pid in launched_pids(tmp):
             if Path(f"/proc/{pid}/environ").exists() and _node_of(pid) == fault.node:
-                _kill_tree(pid)
+                kill_tree(pid)
     elif kind == "sigkill_core":
         for pid in wandb_core_processes(tmp / f"pod-{fault.node}"):
             os.kill(pid, signal.SIGKILL)
@@ -274,7 +273,13 @@ def _check(
             stored = read_run_files(fetch_copies(base, Path(read_back)))
         except FileNotFoundError:  # no copy was made before the fault (storage lost early)
             stored = []
-    held["no_false_success"] = not failed or all(r.exit_code != 0 for r in [*stored, *job.runs])
+    # a run ends successful once every rank has returned (`_job_end`): a fault after that (a rank
+    # killed in its exit, say) fails the job, and nothing can change what the runs already said
+    returned = [f.get("returned_at") for f in job.facts.values()]
+    after_return = len(returned) == 4 and all(returned) and fault_at > max(returned)
+    if failed and after_return:
+        details.append(f"the fault came {fault_at - max(returned):.2f} s after every rank had returned")
+    held["no_false_success"] = not failed or after_return or all(r.exit_code != 0 for r in [*stored, *job.runs])
     if not held["no_false_success"]:
         details.append("a failed job left a run file with exit code 0")
     held["steps"] = True

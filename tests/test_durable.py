@@ -8,10 +8,8 @@ that is deleted after the job, against `openwandb` and `moto_server` on loopback
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -27,7 +25,7 @@ from flyte_wandb_elastic._persist import whole_records_end
 from flyte_wandb_elastic._planner import plan_rank
 from flyte_wandb_elastic._runfiles import read_run_file
 from flyte_wandb_elastic._topology import Topology
-from tests.conftest import REPO, Launch, launch, launch_clustered
+from tests.conftest import REPO, Launch, kill_tree, launch, launch_clustered, launched_pids
 from tests.servers import ENTITY, S3Server, WandbServer
 
 pytestmark = pytest.mark.launch
@@ -391,25 +389,6 @@ def test_sync_of_a_copy_taken_mid_record(tmp_path: Path, wandb_server: WandbServ
 PERSIST_S = 5.0
 
 
-def _kill_tree(pid: int) -> None:
-    """SIGKILL a process and all its descendants at once, as a lost node ends a pod."""
-    children: dict[int, list[int]] = {}
-    for proc in Path("/proc").glob("[0-9]*"):
-        try:
-            ppid = int((proc / "stat").read_text().rpartition(")")[2].split()[1])
-        except (OSError, ValueError, IndexError):
-            continue
-        children.setdefault(ppid, []).append(int(proc.name))
-    todo, tree = [pid], []
-    while todo:
-        current = todo.pop()
-        tree.append(current)
-        todo.extend(children.get(current, []))
-    for member in tree:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(member, signal.SIGKILL)
-
-
 @pytest.mark.parametrize("engine", ["elastic", "clustered"])
 def test_pod_killed_keeps_all_but_the_last_interval_in_storage(tmp_path: Path, s3: S3Server, engine: str) -> None:
     killed_at: list[float] = []
@@ -418,8 +397,8 @@ def test_pod_killed_keeps_all_but_the_last_interval_in_storage(tmp_path: Path, s
         wait_for_rows(facts_dir, 2, 1)
         time.sleep(3 * PERSIST_S)
         killed_at.append(time.time())
-        for pid in _launched_pids(tmp_path):
-            _kill_tree(pid)
+        for pid in launched_pids(tmp_path):
+            kill_tree(pid)
 
     options = {"run_mode": "new", "persist_interval": PERSIST_S}
     job, base = run_job(
@@ -433,18 +412,3 @@ def test_pod_killed_keeps_all_but_the_last_interval_in_storage(tmp_path: Path, s
         due = [int(step) for step, at in logged if float(at) < killed_at[0] - PERSIST_S - 2.0]
         assert due and run["steps"] >= len(due), (rank, run["steps"], len(due))
         assert run["exit_code"] is None  # killed: no exit record
-
-
-def _launched_pids(tmp: Path) -> list[int]:
-    """The node processes of the launch under `tmp` (found by their log file)."""
-    found = []
-    for proc in Path("/proc").glob("[0-9]*"):
-        if int(proc.name) == os.getpid():  # the test itself holds the log files open too
-            continue
-        try:
-            fds = list((proc / "fd").iterdir())
-            if any(os.readlink(fd).startswith(str(tmp / "node-")) for fd in fds):
-                found.append(int(proc.name))
-        except OSError:
-            continue
-    return found
