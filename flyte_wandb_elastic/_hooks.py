@@ -27,9 +27,11 @@ from ._job_end import report_failure, report_return, report_start
 from ._node_service import first_rank_service, join_node_service
 from ._options import PARENT_RUN_KEY, WandbOptions
 from ._persist import DEFAULT_PERSIST_INTERVAL_S, SLOW_COPY_S, RunFilesCopier
-from ._planner import plan_rank, run_files_prefix, system_metrics
+from ._planner import RankPlan, plan_rank, run_files_prefix, system_metrics
+from ._queued import QueuedCalls
 from ._rank_run import RankRun, logger, service_lost
 from ._report import ReportTab, action_prefix
+from ._runfiles import local_wandb_dir
 from ._shutdown import STOP_EXIT_CODE, FinishOnce, Stopped, finish_on_stop
 from ._topology import Topology
 
@@ -206,7 +208,9 @@ class RankHooks:
             return run
 
         known = {"id": plan.run_id, "group": plan.group, "project": options.project, "entity": options.entity}
-        rank_run = RankRun(opener, {**known, "name": options.name})
+        if background and plan.run_id is not None:
+            end.keep_queued(options, plan, meta, copy_prefix, interval)
+        rank_run = RankRun(opener, {**known, "name": options.name}, end.queued)
         if not background:
             rank_run.open()
             run = rank_run.wandb_run()  # a plain wandb.Run; raises when opening failed
@@ -267,10 +271,30 @@ class RankEnd:
     extra_s: float = 0.0  # what an `init_timeout` longer than its default adds
     copier: RunFilesCopier | None = None
     report: ReportTab | None = None
+    queued: QueuedCalls | None = None
 
     def by(self, share: float) -> float:
         """Seconds from the function's return by which `share` of the end must be done."""
         return share * self.finish_timeout + self.extra_s
+
+    def keep_queued(
+        self, options: WandbOptions, plan: RankPlan, meta: dict[str, Any] | None, prefix: str | None, interval: float
+    ) -> None:
+        """Keep the calls queued while the run opens in a file (copied to `prefix` with the run files)."""
+        writer = {
+            "id": plan.run_id,
+            "label": plan.label,
+            "primary": plan.primary,
+            "project": options.project,
+            "entity": options.entity,
+            "name": options.name,
+            "group": plan.group,
+            "job_type": options.job_type,
+            "tags": options.tags,
+            "notes": options.notes,
+            "config": {**(options.config or {}), **({"flyte": meta} if meta is not None else {})},
+        }
+        self.queued = QueuedCalls(local_wandb_dir(options.init_kwargs.get("dir")), writer, prefix, interval)
 
 
 def _finish(rank_run: RankRun, published: Any, end: RankEnd, exit_code: int, error: str | None) -> None:
@@ -303,7 +327,7 @@ def _finish(rank_run: RankRun, published: Any, end: RankEnd, exit_code: int, err
                     rank_run,
                     finish_s,
                     end.finish_timeout,
-                    f"It was not open: {unwritten} queued call(s) were not written."
+                    f"It was not open: its {unwritten} queued call(s) are kept in {_kept(end)}."
                     if unwritten
                     else "Its run files hold every row; upload them with `python -m flyte_wandb_elastic sync`.",
                 )
@@ -311,6 +335,8 @@ def _finish(rank_run: RankRun, published: Any, end: RankEnd, exit_code: int, err
 
                 _wandb_run.kill_own_services()
         finally:
+            if end.queued is not None:
+                end.queued.end(exit_code, end.by(COPY_SHARE) - (time.monotonic() - started))
             if end.copier is not None:
                 left = end.by(COPY_SHARE) - (time.monotonic() - started)
                 end.copier.final_copy(left, synced=bool(uploaded and uploaded[0]))
@@ -322,6 +348,14 @@ def _finish(rank_run: RankRun, published: Any, end: RankEnd, exit_code: int, err
             from . import _wandb_run
 
             _wandb_run.restore_global(published)
+
+
+def _kept(end: RankEnd) -> str:
+    """Where a run's queued calls are kept, and the command that writes them to the run, for a warning."""
+    if end.queued is None:
+        return "no file: they are lost"
+    where = end.queued.copier.uri if end.queued.copier is not None else str(end.queued.dir)
+    return f"{where}; `python -m flyte_wandb_elastic sync {where.rsplit('/', 1)[0]}` writes them"
 
 
 def _gpus_visible() -> bool:

@@ -57,10 +57,12 @@ class RunFilesCopier:
         run_dir: The run's local directory (`run.settings.sync_dir`).
         prefix: The storage prefix of this writer (see `run_files_prefix`).
         interval_s: Seconds between copies.
+        quiet: Whether failed copies are only logged at debug level, not warned about.
     """
 
-    def __init__(self, run_dir: str | Path, prefix: str, interval_s: float) -> None:
+    def __init__(self, run_dir: str | Path, prefix: str, interval_s: float, quiet: bool = False) -> None:
         self.run_dir = Path(run_dir)
+        self.quiet = quiet
         self.uri = _storage.join(prefix, self.run_dir.name)
         self.interval_s = interval_s
         self.bytes_sent = 0
@@ -107,7 +109,9 @@ class RunFilesCopier:
             logger.debug("copy of %s failed: %s", self.run_dir, exc)
 
     def _warn_once(self, why: str) -> None:
-        if not self._warned:
+        if self.quiet:
+            logger.debug("could not copy %s to %s (%s)", self.run_dir, self.uri, why)
+        elif not self._warned:
             self._warned = True
             logger.warning(
                 "could not copy the W&B run files of %s to %s (%s); retrying every %g s",
@@ -117,10 +121,11 @@ class RunFilesCopier:
                 self.interval_s,
             )
 
-    def final_copy(self, timeout_s: float, synced: bool) -> bool:
+    def final_copy(self, timeout_s: float, synced: bool, settle: bool = True) -> bool:
         """Stop copying in the background, copy once more (with the synced record if `synced`).
 
-        Waits at most `timeout_s` (storage may be down): whether the last copy was made.
+        Waits at most `timeout_s` (storage may be down): whether the last copy was made. With
+        `settle`, the copy waits until the files have stopped changing (W&B writing their end).
         """
         self._stop.set()
         outcome: list[bool] = []
@@ -128,9 +133,10 @@ class RunFilesCopier:
         def last() -> None:
             # W&B's service may still be writing the end of the run (its last rows and exit record)
             # when `finish` returns: copy once it has been quiet a moment, and again if it wrote on.
-            self._wait_until_quiet(min(SETTLE_S, timeout_s / 2))
+            if settle:
+                self._wait_until_quiet(min(SETTLE_S, timeout_s / 2))
             outcome.append(self.copy())
-            if self._wait_until_quiet(min(SETTLE_S, timeout_s / 4)):
+            if settle and self._wait_until_quiet(min(SETTLE_S, timeout_s / 4)):
                 outcome[0] = self.copy()
             if outcome[0] and synced:
                 mark_synced(self.uri, "uploaded by the run itself", self._calls)
@@ -145,6 +151,8 @@ class RunFilesCopier:
         self._calls.cancel()
         if self._lock.acquire(timeout=CANCEL_WAIT_S):
             self._lock.release()
+        if self.quiet:
+            return False
         kept = (
             f"the copy made before it holds all but about the last {self.interval_s:g} s"
             if self.copies

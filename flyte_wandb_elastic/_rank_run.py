@@ -5,7 +5,8 @@ service, `wandb.init`, and the offline fallback) and answers the training thread
 
 - what the plan already knows (`id`, `group`, `project`, `entity`, `name`) without waiting;
 - `log` and `define_metric` are queued, in order, with the steps as given, and written as soon as
-  the run is open (to the offline fallback, if that is what opened);
+  the run is open (to the offline fallback, if that is what opened); each queued `log` is also
+  kept in a file that outlives the process (`_queued`), until the run holds it;
 - anything else waits for the run, then goes to it.
 
 If the rank's W&B service (`wandb-core`) dies under a live run (killed, out of memory), training
@@ -26,7 +27,10 @@ import os
 import threading
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ._queued import QueuedCalls
 
 logger = logging.getLogger("flyte_wandb_elastic")
 
@@ -67,10 +71,14 @@ class RankRun:
             this is a reopening after the run's service died (then in a fresh service, resuming).
         known: What is known before W&B answers (`id`, `group`, `project`, `entity`, `name`);
             a `None` value is asked of the run once it is open.
+        queued: Where the `log` calls queued before the run first opens are kept meanwhile.
     """
 
-    def __init__(self, opener: Callable[[RankRun, bool], Any], known: dict[str, Any]) -> None:
+    def __init__(
+        self, opener: Callable[[RankRun, bool], Any], known: dict[str, Any], queued: QueuedCalls | None = None
+    ) -> None:
         self._opener = opener
+        self.queued = queued
         self._known = {key: value for key, value in known.items() if value is not None}
         self._lock = threading.Lock()
         self._queue: list[tuple[str, tuple[Any, ...], dict[str, Any]]] | None = []
@@ -112,7 +120,8 @@ class RankRun:
             if again:
                 logger.warning("could not reopen %r (%s); what it logs from now on is not recorded", self, exc)
             elif dropped:
-                logger.error("wandb.init failed (%s); %d queued call(s) were not written", exc, dropped)
+                kept = f"kept in {self.queued.dir} for `sync`" if self.queued is not None else "not written"
+                logger.error("wandb.init failed (%s); %d queued call(s) were %s", exc, dropped, kept)
             self._opened.set()
             return
         with self._lock:  # new calls wait while the queue is written, so order is kept
@@ -130,6 +139,8 @@ class RankRun:
                     logger.warning("run.%s(...) queued before the run opened failed: %s", name, exc)
             self._run = run
         self._opened.set()
+        if self.queued is not None:  # the run holds every call queued before it first opened
+            self.queued.close()
 
     def _write(self, run: Any, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         result = getattr(run, name)(*args, **kwargs)
@@ -226,6 +237,8 @@ class RankRun:
                 return None
             if self._queue is not None:
                 self._queue.append((name, args, kwargs))
+                if name == "log" and self.queued is not None:
+                    self.queued.add(args[0], kwargs["step"], kwargs["commit"])
                 return None
             run = self._run
             if run is not None:

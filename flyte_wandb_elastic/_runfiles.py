@@ -9,6 +9,7 @@ flushed.
 from __future__ import annotations
 
 import json
+import os
 import struct
 import zlib
 from collections.abc import Iterator
@@ -21,6 +22,17 @@ _HEADER = 7
 _BLOCK = 32 * 1024
 _CHUNK_HEADER = 7
 _FULL, _FIRST, _MIDDLE, _LAST = 1, 2, 3, 4
+
+
+def local_wandb_dir(init_dir: str | None) -> Path:
+    """Where W&B puts a process's run directories: `<dir>/wandb`, `dir` as `wandb.init` resolves it."""
+    return Path(init_dir or os.environ.get("WANDB_DIR") or os.getcwd(), "wandb")
+
+
+def writers_dir(name: str, run_id: str, label: str | None) -> bool:
+    """Whether the run directory `name` (`[offline-]run-<time>-<run id>[-<label>]`) is this writer's."""
+    rest = name.removeprefix("offline-").removeprefix("run-").partition("-")[2]
+    return rest == (f"{run_id}-{label}" if label else run_id)
 
 
 def iter_records(path: str | Path) -> Iterator[Any]:

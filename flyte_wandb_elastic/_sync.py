@@ -26,6 +26,8 @@ from pathlib import Path
 
 from . import _storage
 from ._persist import SYNCED_MARKER, fetch_copies, mark_synced, run_dirs
+from ._queued import its_start, queued_files, read_queued, unwritten, writers_starts
+from ._runfiles import read_run_file
 
 DEFAULT_BASE_URL = "https://api.wandb.ai"
 DEFAULT_PARALLEL = 4
@@ -93,13 +95,14 @@ def sync(uri: str, parallel: int = DEFAULT_PARALLEL) -> SyncReport:
     report = SyncReport()
     with tempfile.TemporaryDirectory(prefix="flyte-wandb-elastic-sync-") as tmp:
         root = fetch_copies(uri, Path(tmp))
+        found = [(d, _storage.join(uri, d.relative_to(root).as_posix()), _writer(d)) for d in run_dirs(root)]
+        queued = _queued_starts(root, uri, [d for d, _, _ in found], Path(tmp, "queued"), report)
         starts: dict[str, list[tuple[Path, str]]] = {}
-        for run_dir in sorted(run_dirs(root), key=_started):
-            remote = _storage.join(uri, run_dir.relative_to(root).as_posix())
+        for run_dir, remote, writer in sorted([*found, *queued], key=lambda start: _started(start[0])):
             if (run_dir / SYNCED_MARKER).exists():
                 report.skipped.append(remote)
             else:
-                starts.setdefault(_writer(run_dir), []).append((run_dir, remote))
+                starts.setdefault(writer, []).append((run_dir, remote))
         with ThreadPoolExecutor(max_workers=max(1, parallel)) as pool:
             for outcomes in pool.map(_sync_in_order, starts.values()):
                 for remote, error in outcomes:
@@ -122,6 +125,38 @@ def _writer(run_dir: Path) -> str:
     """Where a run directory lies, and its run id (from its run file's name)."""
     run_id = next((f.stem.removeprefix("run-") for f in run_dir.glob("run-*.wandb")), run_dir.name)
     return f"{run_dir.parent}/{run_id}"
+
+
+def _queued_starts(
+    root: Path, uri: str, found: list[Path], into: Path, report: SyncReport
+) -> list[tuple[Path, str, str]]:
+    """A run directory for each stored file of queued calls whose run lacks some (see `_queued`).
+
+    Each is a later start of its writer, synced after the others and recorded as synced beside
+    the file of calls in storage.
+    """
+    out = []
+    for i, path in enumerate(queued_files(root)):
+        queued = read_queued(path)
+        remote = _storage.join(uri, queued.dir.relative_to(root).as_posix())
+        if (queued.dir / SYNCED_MARKER).exists():
+            continue
+        starts = writers_starts(queued, found)
+        rows = {d: [row for f in d.glob("run-*.wandb") for row in read_run_file(f).rows] for d in starts}
+        start = its_start(queued, starts)
+        calls = unwritten(queued, len(rows[start]) if start else 0)
+        if not calls:
+            continue
+        last = max((r[-1]["_step"] for r in rows.values() if r), default=None)
+        from . import _wandb_run
+
+        try:
+            run_dir = _wandb_run.write_queued(queued, None if last is None else last + 1, calls, into / str(i))
+        except Exception as exc:  # the rest is still synced
+            report.failed[remote] = f"could not write its {len(calls)} queued call(s): {exc}"
+            continue
+        out.append((run_dir, remote, f"{queued.dir.parent}/{queued.writer.get('id')}"))
+    return out
 
 
 def _sync_in_order(starts: list[tuple[Path, str]]) -> list[tuple[str, str | None]]:
@@ -159,6 +194,4 @@ def _sync_one(run_dir: Path, remote: str) -> str | None:
 
 def _ended(run_dir: Path) -> bool:
     """Whether the run directory's writer recorded its end (an exit record)."""
-    from ._runfiles import read_run_file
-
     return all(read_run_file(f).exit_code is not None for f in run_dir.glob("run-*.wandb"))

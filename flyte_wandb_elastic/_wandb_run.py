@@ -20,7 +20,9 @@ from wandb.sdk.wandb_init import _set_global_run
 from ._deadline import DEFAULT_FINISH_TIMEOUT_S, INIT_SHARE, WANDB_SHARE
 from ._options import WandbOptions
 from ._planner import RankPlan
+from ._queued import Queued
 from ._rank_run import service_lost
+from ._runfiles import local_wandb_dir, writers_dir
 
 logger = logging.getLogger("flyte_wandb_elastic")
 
@@ -96,7 +98,7 @@ def open_run(
     if isinstance(user_settings, wandb.Settings):
         user_settings = user_settings.model_dump(exclude_unset=True)
     settings = {**(user_settings or {}), **settings}
-    run_dirs = Path(kwargs.get("dir") or os.environ.get("WANDB_DIR") or os.getcwd(), "wandb")
+    run_dirs = local_wandb_dir(kwargs.get("dir"))
     next_step = None
     if plan.run_id and not {"resume", "resume_from", "fork_from"} & kwargs.keys():
         # An earlier start on this pod counts even where torch elastic's restart count says 0 (an
@@ -149,7 +151,7 @@ def open_run(
     _use_a_fresh_service()
     if plan.run_id:  # only this writer's: a shared run's other writers on this node use the same id
         for path in run_dirs.glob(f"run-*-{plan.run_id}*"):
-            mine = path.is_dir() and _writers_dir(path.name, plan.run_id, plan.label)
+            mine = path.is_dir() and writers_dir(path.name, plan.run_id, plan.label)
             if mine and path.stat().st_mtime >= started - 1:
                 shutil.rmtree(path, ignore_errors=True)
     init_kwargs["mode"] = "offline"
@@ -373,20 +375,46 @@ def stop_node_service(exit_code: int) -> None:
     os.environ.pop(wandb_env.SERVICE, None)
 
 
-def _writers_dir(name: str, run_id: str, label: str | None) -> bool:
-    """Whether the run directory `name` (`[offline-]run-<time>-<run id>[-<label>]`) is this writer's."""
-    rest = name.removeprefix("offline-").removeprefix("run-").partition("-")[2]
-    return rest == (f"{run_id}-{label}" if label else run_id)
-
-
 def _earlier_run_files(run_dirs: Path, run_id: str, label: str | None) -> list[Path]:
     """The run files that earlier starts of this writer left in `run_dirs` (offline or online)."""
     suffix = f"-{run_id}-{label}" if label else f"-{run_id}"
     return [
         path
         for path in run_dirs.glob(f"*run-*{suffix}*/run-{run_id}.wandb")
-        if any(_writers_dir(name, run_id, label) for name in (path.parent.name, path.parent.name.rpartition("-")[0]))
+        if any(writers_dir(name, run_id, label) for name in (path.parent.name, path.parent.name.rpartition("-")[0]))
     ]
+
+
+def write_queued(queued: Queued, next_step: int | None, calls: list[dict[str, Any]], into: Path) -> Path:
+    """Write `calls` of `queued` into a new offline run directory of its writer, under `into`.
+
+    The run goes on from `next_step` (after the writer's stored rows), and ends with the exit code
+    the rank recorded, or 1 where it recorded none (the rank was lost before it ended).
+
+    Returns:
+        The run directory, for `wandb sync`.
+    """
+    writer = queued.writer
+    settings: dict[str, Any] = {"silent": True}
+    if writer.get("label"):
+        settings.update(
+            mode="shared",
+            x_primary=bool(writer.get("primary")),
+            x_label=writer["label"],
+            x_update_finish_state=bool(writer.get("primary")),
+            x_sync_dir_suffix=writer["label"],
+        )
+    keys = ("id", "project", "entity", "name", "group", "job_type", "tags", "notes", "config")
+    init = {key: writer.get(key) for key in keys}
+    run = wandb.init(
+        mode="offline", dir=into, resume="allow", reinit="create_new", settings=wandb.Settings(**settings), **init
+    )
+    if next_step is not None:
+        run.log({}, step=next_step, commit=False)
+    for call in calls:
+        run.log(call["log"], step=call.get("step"), commit=call.get("commit"))
+    run.finish(exit_code=1 if queued.ended is None else queued.ended)
+    return Path(run.settings.sync_dir)
 
 
 def finish_run(run: Any, exit_code: int, error: str | None = None) -> bool:

@@ -412,3 +412,34 @@ def test_pod_killed_keeps_all_but_the_last_interval_in_storage(tmp_path: Path, s
         due = [int(step) for step, at in logged if float(at) < killed_at[0] - PERSIST_S - 2.0]
         assert due and run["steps"] >= len(due), (rank, run["steps"], len(due))
         assert run["exit_code"] is None  # killed: no exit record
+
+
+@pytest.mark.parametrize("engine", ["elastic", "clustered"])
+def test_a_pod_killed_while_its_runs_open_keeps_the_rows_queued_meanwhile(
+    tmp_path: Path, s3: S3Server, wandb_server: WandbServer, engine: str
+) -> None:
+    """Rows logged while `wandb.init` still waits (here on a server that never answers) are kept
+    in storage beside the run files, and `sync` writes them to the run."""
+
+    def kill_pod(facts_dir: Path) -> None:
+        wait_for_rows(facts_dir, 2, 40)
+        time.sleep(2 * 1.0 + 1.0)  # two persist intervals, and a little
+        for pid in launched_pids(tmp_path):
+            kill_tree(pid)
+
+    wandb_server.hang()
+    options = {"run_mode": "new", "host": wandb_server.url, "init_timeout": 120, "persist_interval": 1.0}
+    inputs = {"steps": 40, "interval_s": 0.02, "wait_open": False}
+    job, base = run_job(engine, tmp_path, s3, options, wandb_server.env(), nodes=1, inputs=inputs, during=kill_pod)
+    assert job.errors, "the pod was killed: the job cannot have succeeded"
+    wandb_server.start()
+    env = {**s3.env(), **wandb_server.env()}
+    first = cli("sync", base, env=env)
+    assert first.returncode == 0, first.stdout + first.stderr
+    plans = [plan_rank(WandbOptions(run_mode="new"), Topology.in_job(r, 1, 2), "r1", "a0", 1) for r in range(2)]
+    for rank, plan in enumerate(plans):
+        assert plan.run_id is not None
+        assert received(wandb_server, plan.run_id) == {(rank, row) for row in range(40)}, plan.run_id
+    second = cli("sync", base, env=env)
+    assert second.returncode == 0 and "0 synced" in second.stdout, second.stdout + second.stderr
+    assert all(len(wandb_server.rows(PROJECT, p.run_id or "")) == 40 for p in plans)

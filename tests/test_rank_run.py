@@ -48,11 +48,11 @@ def test_a_run_given_up_while_opening_neither_waits_nor_fails_the_rank() -> None
 def test_a_failed_start_removes_only_its_own_writers_directory() -> None:
     """The offline fallback removes the empty directory its failed online start left; in shared
     mode the node's other writers of the same run have directories of the same run id."""
-    from flyte_wandb_elastic._wandb_run import _writers_dir
+    from flyte_wandb_elastic._runfiles import writers_dir
 
-    assert _writers_dir("run-20261203_180242-r1-a0", "r1-a0", None)
-    assert _writers_dir("run-20261203_180242-r1-a0-rank-0", "r1-a0", "rank-0")
-    assert _writers_dir("offline-run-20261203_180242-r1-a0-rank-0", "r1-a0", "rank-0")
-    assert not _writers_dir("run-20261203_180242-r1-a0-rank-1", "r1-a0", "rank-0")
-    assert not _writers_dir("run-20261203_180242-r1-a0-rank-1", "r1-a0", None)
-    assert not _writers_dir("run-20261203_180242-r1-a0-rank-10", "r1-a0-rank-1", None)
+    assert writers_dir("run-20261203_180242-r1-a0", "r1-a0", None)
+    assert writers_dir("run-20261203_180242-r1-a0-rank-0", "r1-a0", "rank-0")
+    assert writers_dir("offline-run-20261203_180242-r1-a0-rank-0", "r1-a0", "rank-0")
+    assert not writers_dir("run-20261203_180242-r1-a0-rank-1", "r1-a0", "rank-0")
+    assert not writers_dir("run-20261203_180242-r1-a0-rank-1", "r1-a0", None)
+    assert not writers_dir("run-20261203_180242-r1-a0-rank-10", "r1-a0-rank-1", None)
