@@ -208,7 +208,7 @@ class RankHooks:
             return run
 
         known = {"id": plan.run_id, "group": plan.group, "project": options.project, "entity": options.entity}
-        if background and plan.run_id is not None:
+        if background and plan.run_id is not None and (options.mode or os.environ.get("WANDB_MODE")) != "disabled":
             end.keep_queued(options, plan, meta, copy_prefix, interval)
         rank_run = RankRun(opener, {**known, "name": options.name}, end.queued)
         if not background:
@@ -285,8 +285,9 @@ class RankEnd:
             "id": plan.run_id,
             "label": plan.label,
             "primary": plan.primary,
-            "project": options.project,
-            "entity": options.entity,
+            # as `wandb.init` resolves them in this pod, for wherever `sync` runs
+            "project": options.project or os.environ.get("WANDB_PROJECT"),
+            "entity": options.entity or os.environ.get("WANDB_ENTITY"),
             "name": options.name,
             "group": plan.group,
             "job_type": options.job_type,
@@ -327,7 +328,7 @@ def _finish(rank_run: RankRun, published: Any, end: RankEnd, exit_code: int, err
                     rank_run,
                     finish_s,
                     end.finish_timeout,
-                    f"It was not open: its {unwritten} queued call(s) are kept in {_kept(end)}."
+                    f"It was not open: its {unwritten} queued call(s) {_kept(end)}."
                     if unwritten
                     else "Its run files hold every row; upload them with `python -m flyte_wandb_elastic sync`.",
                 )
@@ -351,11 +352,11 @@ def _finish(rank_run: RankRun, published: Any, end: RankEnd, exit_code: int, err
 
 
 def _kept(end: RankEnd) -> str:
-    """Where a run's queued calls are kept, and the command that writes them to the run, for a warning."""
-    if end.queued is None:
-        return "no file: they are lost"
-    where = end.queued.copier.uri if end.queued.copier is not None else str(end.queued.dir)
-    return f"{where}; `python -m flyte_wandb_elastic sync {where.rsplit('/', 1)[0]}` writes them"
+    """What became of a run's queued calls, for a warning."""
+    if end.queued is None or not end.queued.is_open:
+        return "were not written"
+    where = end.queued.where
+    return f"are kept in {where}; `python -m flyte_wandb_elastic sync {where.rsplit('/', 1)[0]}` writes them"
 
 
 def _gpus_visible() -> bool:

@@ -147,10 +147,7 @@ class RunFilesCopier:
         except Exception as exc:  # the record only: the copy itself is made
             logger.warning("could not record %s as synced (%s)", self.uri, exc)
             return True
-        # no thread of this copier may be left inside the storage client when the process exits
-        self._calls.cancel()
-        if self._lock.acquire(timeout=CANCEL_WAIT_S):
-            self._lock.release()
+        self.cancel()
         if self.quiet:
             return False
         kept = (
@@ -162,6 +159,14 @@ class RunFilesCopier:
             "the last copy of %s to %s did not finish within %.0f s; %s", self.run_dir, self.uri, timeout_s, kept
         )
         return False
+
+    def cancel(self) -> None:
+        """Stop copying, cancelling a copy under way: no thread of this copier may be left inside the
+        storage client when the process exits (waits at most `CANCEL_WAIT_S` for it to end)."""
+        self._stop.set()
+        self._calls.cancel()
+        if self._lock.acquire(timeout=CANCEL_WAIT_S):
+            self._lock.release()
 
     def _wait_until_quiet(self, timeout_s: float) -> bool:
         """Wait until no file of the run has changed for `QUIET_S` (at most `timeout_s`); whether any did."""

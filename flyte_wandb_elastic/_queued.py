@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import threading
 import time
 from dataclasses import dataclass
@@ -68,48 +69,78 @@ class QueuedCalls:
         """Append one queued `log` call."""
         self._write({"log": _jsonable(data), "step": step, "commit": commit})
 
+    @property
+    def where(self) -> str:
+        """Where the file is kept: its copy in storage, or else on this pod."""
+        return self.copier.uri if self.copier is not None else str(self.dir)
+
+    @property
+    def is_open(self) -> bool:
+        """Whether calls are still kept (the run has not opened, and the rank has not ended)."""
+        return self._file is not None
+
     def close(self) -> None:
-        """The run is open and holds every call: copy the file a last time, in this thread."""
+        """The run is open and holds every call: say so in the file (then `forget` it)."""
         self._write({"opened": True}, last=True)
+
+    def forget(self) -> None:
+        """Copy the closed file a last time, then remove it from the pod: the run's own files go on."""
         if self.copier is not None:
             self.copier.final_copy(SLOW_COPY_S, synced=False, settle=False)
+        shutil.rmtree(self.dir, ignore_errors=True)
 
     def end(self, exit_code: int, timeout_s: float) -> None:
         """The rank ends: if the run never opened, record `exit_code` and copy the file a last time."""
-        if self._write({"ended": exit_code}, last=True) and self.copier is not None:
+        if self.copier is None:
+            self._write({"ended": exit_code}, last=True)
+        elif self._write({"ended": exit_code}, last=True):
             self.copier.quiet = False  # its rows are nowhere else
             self.copier.final_copy(timeout_s, synced=False, settle=False)
+        else:  # the run holds the calls: a last copy still being tried is not needed
+            self.copier.cancel()
 
     def _write(self, line: dict[str, Any], last: bool = False) -> bool:
-        """Append `line` (then close the file, if `last`); whether the file was still open."""
+        """Append `line` (then close the file, if `last`); whether the file was still open.
+
+        Never raises: what cannot be kept is warned about, and the run still gets the call.
+        """
         with self._lock:
             if self._file is None:
                 return False
             try:
                 self._file.write(json.dumps(line, default=str) + "\n")
                 self._file.flush()  # to the OS: a killed process loses nothing written
-            except (OSError, ValueError) as exc:  # the disk is full or gone: the run still gets the calls
-                logger.warning("could not keep the queued calls of %s (%s)", self.dir.name, exc)
-                last = True
+            except Exception as exc:  # the disk is full or gone, or a value JSON refuses
+                logger.warning("could not keep a queued call of %s (%s)", self.dir.name, exc)
+                last = last or isinstance(exc, OSError)
             if last:
                 self._file.close()
                 self._file = None
             return True
 
 
-def _jsonable(data: dict[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in data.items():
-        if isinstance(value, dict):
-            out[key] = _jsonable(value)
-            continue
-        if not isinstance(value, (bool, int, float, str, type(None))):
+def _jsonable(value: Any) -> Any:
+    """`value` as JSON holds it: dicts and lists through, scalars (numpy's, torch's) as numbers.
+
+    Raises:
+        TypeError: A value JSON cannot hold (left out by the caller, if it is inside a dict).
+    """
+    if isinstance(value, (bool, int, float, str, type(None))):
+        return value
+    if isinstance(value, dict):
+        out = {}
+        for key, item in value.items():
             try:
-                value = value.item()  # a numpy or torch scalar
-            except Exception:
+                out[str(key)] = _jsonable(item)
+            except TypeError:  # an image, a tensor of many values: the run gets it, the file does not
                 continue
-        out[str(key)] = value
-    return out
+        return out
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(item) for item in value]
+    try:
+        return _jsonable(value.item())  # a numpy or torch scalar
+    except Exception:
+        raise TypeError(f"{type(value).__name__} is not kept in the file") from None
 
 
 @dataclass
@@ -156,16 +187,18 @@ def writers_starts(queued: Queued, run_dirs: list[Path]) -> list[Path]:
     """The run directories of the writer of `queued` beside it, in the order they were begun."""
     run_id, label = str(queued.writer.get("id")), queued.writer.get("label")
     mine = [d for d in run_dirs if d.parent == queued.dir.parent and writers_dir(d.name, run_id, label)]
-    return sorted(mine, key=lambda d: (_begun(d.name), d.name))
+    return sorted(mine, key=lambda d: (begun(d), d.name))
 
 
-def its_start(queued: Queued, starts: list[Path]) -> Path | None:
-    """Of the writer's `starts`, the one the queued calls went to: the first begun no earlier than them."""
-    return next((d for d in starts if _begun(d.name) >= queued.started), None)
+def its_start(queued: Queued, starts: list[Path], until: str | None = None) -> Path | None:
+    """Of the writer's `starts`, the one the queued calls went to, if it is stored: the first begun
+    no earlier than them, and before `until` (when the writer's next file of queued calls began)."""
+    return next((d for d in starts if queued.started <= begun(d) < (until or "~")), None)
 
 
-def _begun(name: str) -> str:
-    return name.removeprefix("offline-").removeprefix("run-")[:15]
+def begun(run_dir: Path) -> str:
+    """When a run directory's writer began (`YYYYMMDD_HHMMSS`, from its name)."""
+    return run_dir.name.removeprefix("offline-").removeprefix("run-")[:15]
 
 
 def unwritten(queued: Queued, rows_written: int) -> list[dict[str, Any]]:

@@ -120,10 +120,11 @@ class RankRun:
             if again:
                 logger.warning("could not reopen %r (%s); what it logs from now on is not recorded", self, exc)
             elif dropped:
-                kept = f"kept in {self.queued.dir} for `sync`" if self.queued is not None else "not written"
+                kept = f"kept for `sync` in {self.queued.where}" if self.queued is not None else "not written"
                 logger.error("wandb.init failed (%s); %d queued call(s) were %s", exc, dropped, kept)
             self._opened.set()
             return
+        queued = self.queued
         with self._lock:  # new calls wait while the queue is written, so order is kept
             if self._lost:  # given up while it opened
                 return
@@ -138,9 +139,13 @@ class RankRun:
                         return
                     logger.warning("run.%s(...) queued before the run opened failed: %s", name, exc)
             self._run = run
+            if self.queued is not None and self.queued.is_open:  # the run holds every call queued so far
+                self.queued.close()
+            else:
+                queued = None
         self._opened.set()
-        if self.queued is not None:  # the run holds every call queued before it first opened
-            self.queued.close()
+        if queued is not None:
+            queued.forget()
 
     def _write(self, run: Any, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         result = getattr(run, name)(*args, **kwargs)

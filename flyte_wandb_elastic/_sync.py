@@ -26,7 +26,7 @@ from pathlib import Path
 
 from . import _storage
 from ._persist import SYNCED_MARKER, fetch_copies, mark_synced, run_dirs
-from ._queued import its_start, queued_files, read_queued, unwritten, writers_starts
+from ._queued import Queued, begun, its_start, queued_files, read_queued, unwritten, writers_starts
 from ._runfiles import read_run_file
 
 DEFAULT_BASE_URL = "https://api.wandb.ai"
@@ -132,31 +132,57 @@ def _queued_starts(
 ) -> list[tuple[Path, str, str]]:
     """A run directory for each stored file of queued calls whose run lacks some (see `_queued`).
 
-    Each is a later start of its writer, synced after the others and recorded as synced beside
-    the file of calls in storage.
+    Each is a later start of its writer: synced after the others, going on from the last step
+    stored, ending as the writer's latest stored start did (or as its rank recorded, or 1 where
+    the rank was lost), and recorded as synced beside the file of calls in storage.
     """
-    out = []
-    for i, path in enumerate(queued_files(root)):
+    writers: dict[tuple[Path, str, str | None], list[Queued]] = {}
+    for path in queued_files(root):
         queued = read_queued(path)
-        remote = _storage.join(uri, queued.dir.relative_to(root).as_posix())
-        if (queued.dir / SYNCED_MARKER).exists():
-            continue
-        starts = writers_starts(queued, found)
-        rows = {d: [row for f in d.glob("run-*.wandb") for row in read_run_file(f).rows] for d in starts}
-        start = its_start(queued, starts)
-        calls = unwritten(queued, len(rows[start]) if start else 0)
-        if not calls:
-            continue
-        last = max((r[-1]["_step"] for r in rows.values() if r), default=None)
-        from . import _wandb_run
-
+        key = (queued.dir.parent, str(queued.writer.get("id")), queued.writer.get("label"))
+        writers.setdefault(key, []).append(queued)
+    out: list[tuple[Path, str, str]] = []
+    for files in writers.values():
+        files.sort(key=lambda q: (q.started, q.dir.name))
+        starts = writers_starts(files[0], found)
         try:
-            run_dir = _wandb_run.write_queued(queued, None if last is None else last + 1, calls, into / str(i))
-        except Exception as exc:  # the rest is still synced
-            report.failed[remote] = f"could not write its {len(calls)} queued call(s): {exc}"
+            runs = {d: [read_run_file(f) for f in d.glob("run-*.wandb")] for d in starts}
+        except (OSError, ValueError) as exc:
+            for queued in files:
+                report.failed[_remote(uri, root, queued.dir)] = f"its run files cannot be read: {exc}"
             continue
-        out.append((run_dir, remote, f"{queued.dir.parent}/{queued.writer.get('id')}"))
+        steps = [r.rows[-1]["_step"] for rs in runs.values() for r in rs if r.rows]
+        for k, queued in enumerate(files):
+            if queued.opened or not queued.calls or (queued.dir / SYNCED_MARKER).exists():
+                continue  # the run holds them, there are none, or they were synced
+            start = its_start(queued, starts, files[k + 1].started if k + 1 < len(files) else None)
+            calls = unwritten(queued, sum(len(r.rows) for r in runs[start]) if start else 0)
+            if not calls:
+                continue
+            # the run ends as its latest start did, where that began after these calls
+            latest = [r.exit_code for r in runs[starts[-1]]] if starts and begun(starts[-1]) >= queued.started else []
+            exit_code = next((c for c in latest if c is not None), queued.ended)
+            plain = all(c.get("step") is None for c in calls)
+            next_step = max(steps) + 1 if plain and steps else None
+            from . import _wandb_run
+
+            try:
+                run_dir = _wandb_run.write_queued(
+                    queued, calls, next_step, 1 if exit_code is None else exit_code, into / str(len(out))
+                )
+                steps += [row["_step"] for f in run_dir.glob("run-*.wandb") for row in read_run_file(f).rows[-1:]]
+            except Exception as exc:  # the rest is still synced
+                report.failed[_remote(uri, root, queued.dir)] = (
+                    f"could not write its {len(calls)} queued call(s): {exc}"
+                )
+                continue
+            out.append((run_dir, _remote(uri, root, queued.dir), f"{queued.dir.parent}/{queued.writer.get('id')}"))
     return out
+
+
+def _remote(uri: str, root: Path, local: Path) -> str:
+    """Where the copy at `local` (under `root`, fetched from `uri`) is in storage."""
+    return _storage.join(uri, local.relative_to(root).as_posix())
 
 
 def _sync_in_order(starts: list[tuple[Path, str]]) -> list[tuple[str, str | None]]:

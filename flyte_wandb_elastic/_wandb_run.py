@@ -385,11 +385,12 @@ def _earlier_run_files(run_dirs: Path, run_id: str, label: str | None) -> list[P
     ]
 
 
-def write_queued(queued: Queued, next_step: int | None, calls: list[dict[str, Any]], into: Path) -> Path:
+def write_queued(
+    queued: Queued, calls: list[dict[str, Any]], next_step: int | None, exit_code: int, into: Path
+) -> Path:
     """Write `calls` of `queued` into a new offline run directory of its writer, under `into`.
 
-    The run goes on from `next_step` (after the writer's stored rows), and ends with the exit code
-    the rank recorded, or 1 where it recorded none (the rank was lost before it ended).
+    The run goes on from `next_step` (after the writer's stored rows), and ends with `exit_code`.
 
     Returns:
         The run directory, for `wandb sync`.
@@ -413,7 +414,7 @@ def write_queued(queued: Queued, next_step: int | None, calls: list[dict[str, An
         run.log({}, step=next_step, commit=False)
     for call in calls:
         run.log(call["log"], step=call.get("step"), commit=call.get("commit"))
-    run.finish(exit_code=1 if queued.ended is None else queued.ended)
+    run.finish(exit_code=exit_code)
     return Path(run.settings.sync_dir)
 
 

@@ -38,6 +38,8 @@ class Launch:
     logs: list[str] = field(default_factory=list)
     wall_s: float = 0.0
     ended_at: float = 0.0  # wall clock (time.time()) when the last node process had exited
+    # pods deleted after a peer failed that ignored SIGTERM for the whole grace (see `_wait_for`)
+    killed_after_grace: int = 0
 
     @property
     def errors(self) -> list[str]:
@@ -125,12 +127,12 @@ def launch(
                 log,
             )
         )
-    wall_s, ended_at = _wait_for(procs, facts_dir, during, started, pods)
+    wall_s, ended_at, killed = _wait_for(procs, facts_dir, during, started, pods)
     outcomes = []
     for node in range(nnodes):
         out = tmp / f"node-{node}.json"
         outcomes.append(json.loads(out.read_text()) if out.exists() else {"error": "node wrote no outcome"})
-    return _collected(tmp, nnodes, outcomes, wall_s, ended_at, pods)
+    return _collected(tmp, nnodes, outcomes, wall_s, ended_at, pods, killed)
 
 
 def _pod_env(tmp: Path, node: int, pods: bool) -> dict[str, str]:
@@ -148,8 +150,9 @@ def _wait_for(
     during: Callable[[Path], None] | None,
     started: float,
     pods: bool = False,
-) -> tuple[float, float]:
-    """Wait for the node processes (killing any left after the timeout); the wall time and end.
+) -> tuple[float, float, int]:
+    """Wait for the node processes (killing any left after the timeout); the wall time, the end,
+    and how many pods had to be killed after the grace.
 
     With `pods`, a failed node fails the job, and the platform then deletes the job's other pods,
     as Flyte does with a failed PyTorchJob or JobSet: `DELETE_AFTER_S` after the failure, each
@@ -161,11 +164,12 @@ def _wait_for(
             during(facts_dir)
         deadline = time.monotonic() + LAUNCH_TIMEOUT_S
         failed_at: float | None = None
+        killed = 0
         while any(proc.poll() is None for proc, _ in procs) and time.monotonic() < deadline:
             if pods and failed_at is None and any(proc.poll() not in (None, 0) for proc, _ in procs):
                 failed_at = time.monotonic()
             if failed_at is not None and time.monotonic() > failed_at + DELETE_AFTER_S:
-                _delete_pods([proc for proc, _ in procs if proc.poll() is None])
+                killed = _delete_pods([proc for proc, _ in procs if proc.poll() is None])
                 break
             time.sleep(0.1)
         for proc, _ in procs:
@@ -176,7 +180,7 @@ def _wait_for(
                 proc.kill()
                 proc.wait()
             log.close()
-    return time.monotonic() - started, time.time()
+    return time.monotonic() - started, time.time(), killed
 
 
 def kill_tree(pid: int) -> None:
@@ -213,8 +217,13 @@ def launched_pids(tmp: Path) -> list[int]:
     return found
 
 
-def _delete_pods(procs: list[subprocess.Popen[bytes]]) -> None:
-    """End node processes as Kubernetes deletes their pods: SIGTERM, then SIGKILL after the grace."""
+def _delete_pods(procs: list[subprocess.Popen[bytes]]) -> int:
+    """End node processes as Kubernetes deletes their pods: SIGTERM, then SIGKILL after the grace.
+
+    Returns:
+        How many did not end within the grace.
+    """
+    killed = 0
     for proc in procs:
         proc.terminate()
     grace_ends = time.monotonic() + TERMINATION_GRACE_S
@@ -224,10 +233,18 @@ def _delete_pods(procs: list[subprocess.Popen[bytes]]) -> None:
         except subprocess.TimeoutExpired:
             kill_tree(proc.pid)
             proc.wait()
+            killed += 1
+    return killed
 
 
 def _collected(
-    tmp: Path, nnodes: int, outcomes: list[dict[str, Any]], wall_s: float, ended_at: float, pods: bool = False
+    tmp: Path,
+    nnodes: int,
+    outcomes: list[dict[str, Any]],
+    wall_s: float,
+    ended_at: float,
+    pods: bool = False,
+    killed_after_grace: int = 0,
 ) -> Launch:
     """What a launch under `tmp` left behind: run files, per-rank facts and node logs.
 
@@ -241,7 +258,7 @@ def _collected(
             shutil.rmtree(tmp / f"pod-{n}", ignore_errors=True)
     else:
         runs = read_run_files(tmp / "wandb")
-    return Launch(outcomes=outcomes, runs=runs, facts=facts, logs=logs, wall_s=wall_s, ended_at=ended_at)
+    return Launch(outcomes, runs, facts, logs, wall_s, ended_at, killed_after_grace)
 
 
 def peak_wandb_cores(wandb_dir: Path, job: Callable[[], Launch]) -> tuple[int, Launch]:
@@ -345,7 +362,7 @@ def launch_clustered(
         node_env = {**env, "NODE_RANK": str(node), "PATH": f"{bin_dir}{os.pathsep}{env.get('PATH', '')}"}
         node_env.update(_pod_env(tmp, node, pods))
         procs.append((subprocess.Popen(command, cwd=REPO, env=node_env, stdout=log, stderr=subprocess.STDOUT), log))
-    wall_s, ended_at = _wait_for(procs, facts_dir, during, started, pods)
+    wall_s, ended_at, killed = _wait_for(procs, facts_dir, during, started, pods)
     outcomes: list[dict[str, Any]] = []
     for node, (proc, _) in enumerate(procs):
         outcome: dict[str, Any] = {"rc": proc.returncode}
@@ -356,7 +373,7 @@ def launch_clustered(
         if proc.returncode != 0:
             outcome["error"] = f"node {node} exited {proc.returncode}"
         outcomes.append(outcome)
-    return _collected(tmp, nnodes, outcomes, wall_s, ended_at, pods)
+    return _collected(tmp, nnodes, outcomes, wall_s, ended_at, pods, killed)
 
 
 def assert_agrees_with_wandb_reader(runs: list[RunFile]) -> None:

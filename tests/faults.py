@@ -262,9 +262,11 @@ def _check(
     failed = bool(job.errors)
     # bound
     end_s = job.ended_at - max(fault_at, last_row)
-    held["bound"] = end_s < FINISH_TIMEOUT_S + END_SLACK_S
+    held["bound"] = end_s < FINISH_TIMEOUT_S + END_SLACK_S and not job.killed_after_grace
     if not held["bound"]:
         details.append(f"ended {end_s:.1f} s after the fault or the last row")
+    if job.killed_after_grace:
+        details.append(f"{job.killed_after_grace} pod(s) ignored SIGTERM for the whole grace")
     # the copies in storage
     import tempfile
 

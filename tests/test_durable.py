@@ -386,6 +386,36 @@ def test_sync_of_a_copy_taken_mid_record(tmp_path: Path, wandb_server: WandbServ
     assert [row["x"] for row in wandb_server.rows(PROJECT, "torn")] == kept
 
 
+def test_sync_writes_the_calls_queued_by_a_start_lost_while_its_run_opened(
+    tmp_path: Path, wandb_server: WandbServer
+) -> None:
+    # a rank killed while its run opened (its calls kept in storage, no run directory), then its
+    # restart, whose run opened (its own file of queued calls says so) and wrote 5 rows
+    rank_dir = tmp_path / "storage" / "wandb" / "a0" / "rank-0"
+    writer = {"writer": {"id": "q1", "label": None, "project": PROJECT, "entity": ENTITY, "config": {"lr": 0.1}}}
+
+    def queued(name: str, xs: range, *tail: dict[str, Any]) -> None:
+        calls = [{"log": {"x": x}, "step": None, "commit": None} for x in xs]
+        (rank_dir / name).mkdir(parents=True)
+        (rank_dir / name / "calls.log").write_text("".join(json.dumps(line) + "\n" for line in [writer, *calls, *tail]))
+
+    queued("flyte-queued-20261204_000000-q1", range(5))
+    queued("flyte-queued-20261204_000010-q1", range(5, 7), {"opened": True})
+    script = f"import wandb\nrun = wandb.init(id='q1', project='{PROJECT}', entity='{ENTITY}', mode='offline')\n"
+    script += "for x in range(5, 10):\n    run.log({'x': x})\nrun.finish()\n"
+    env = {**os.environ, "WANDB_DIR": str(tmp_path / "pod")}
+    subprocess.run([sys.executable, "-c", script], env=env, check=True, capture_output=True)
+    [start] = (tmp_path / "pod" / "wandb").glob("offline-run-*-q1")
+    start.rename(rank_dir / start.name)
+    done = cli("sync", str(tmp_path / "storage"), env=wandb_server.env())
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "2 synced" in done.stdout  # the restart's run, and the lost start's calls after it
+    rows = [(row["_step"], row["x"]) for row in wandb_server.rows(PROJECT, "q1")]
+    assert rows == [(step, x) for step, x in zip(range(10), [*range(5, 10), *range(5)], strict=True)]
+    again = cli("sync", str(tmp_path / "storage"), env=wandb_server.env())
+    assert "0 synced" in again.stdout and len(wandb_server.rows(PROJECT, "q1")) == 10
+
+
 PERSIST_S = 5.0
 
 

@@ -16,13 +16,15 @@ def test_keeps_each_queued_call_and_how_it_ended(tmp_path: Path) -> None:
         def item(self) -> float:
             return 0.5
 
-    queued.add({"loss": Scalar(), "image": object(), "nested": {"a": 1}}, None, None)
-    queued.add({"loss": 0.25}, 7, False)
+    queued.add({"loss": Scalar(), "image": object(), "nested": {(1, 2): 1}, "xs": [Scalar(), 2]}, None, None)
+    queued.add({"loss": 0.25, "bad": [object()]}, 7, False)
+    assert queued.is_open
     queued.end(143, 1.0)
+    assert not queued.is_open
     queued.add({"loss": 0.0}, None, None)  # after the end: not kept
     read = read_queued(queued.dir / "calls.log")
     assert read.writer["id"] == "r1-a0" and isinstance(read.writer["config"]["lr"], str)
-    assert [c["log"] for c in read.calls] == [{"loss": 0.5, "nested": {"a": 1}}, {"loss": 0.25}]
+    assert [c["log"] for c in read.calls] == [{"loss": 0.5, "nested": {"(1, 2)": 1}, "xs": [0.5, 2]}, {"loss": 0.25}]
     assert (read.calls[1]["step"], read.calls[1]["commit"]) == (7, False)
     assert (read.opened, read.ended) == (False, 143)
 
@@ -65,3 +67,5 @@ def test_its_start_is_the_writers_first_run_begun_after_it(tmp_path: Path) -> No
     assert starts == [dirs[0], dirs[3], dirs[1]]
     assert its_start(queued, starts) == dirs[3]
     assert its_start(queued, starts[:1]) is None
+    # a start begun after the writer's next file of queued calls is that one's
+    assert its_start(queued, starts, until="20261204_010007") is None
