@@ -38,7 +38,7 @@ class Launch:
     logs: list[str] = field(default_factory=list)
     wall_s: float = 0.0
     ended_at: float = 0.0  # wall clock (time.time()) when the last node process had exited
-    # pods deleted after a peer failed that ignored SIGTERM for the whole grace (see `_wait_for`)
+    # pods deleted after a peer failed that still ran a rank at the end of the grace (see `_delete_pods`)
     killed_after_grace: int = 0
 
     @property
@@ -185,6 +185,13 @@ def _wait_for(
 
 def kill_tree(pid: int) -> None:
     """SIGKILL a process and all its descendants at once, as a lost node ends a pod."""
+    for member in [pid, *descendants(pid)]:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(member, signal.SIGKILL)
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process started by `pid`, and by those, and so on."""
     children: dict[int, list[int]] = {}
     for proc in Path("/proc").glob("[0-9]*"):
         try:
@@ -192,14 +199,12 @@ def kill_tree(pid: int) -> None:
         except (OSError, ValueError, IndexError):
             continue
         children.setdefault(ppid, []).append(int(proc.name))
-    todo, tree = [pid], []
+    todo, tree = list(children.get(pid, [])), []
     while todo:
         current = todo.pop()
         tree.append(current)
         todo.extend(children.get(current, []))
-    for member in tree:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(member, signal.SIGKILL)
+    return tree
 
 
 def launched_pids(tmp: Path) -> list[int]:
@@ -221,7 +226,9 @@ def _delete_pods(procs: list[subprocess.Popen[bytes]]) -> int:
     """End node processes as Kubernetes deletes their pods: SIGTERM, then SIGKILL after the grace.
 
     Returns:
-        How many did not end within the grace.
+        How many pods still ran a rank at the end of the grace. (A launcher whose ranks have all
+        ended may still wait at torch elastic's exit barrier, which SIGTERM does not interrupt:
+        that is torch's, and Kubernetes' SIGKILL ends it.)
     """
     killed = 0
     for proc in procs:
@@ -231,10 +238,20 @@ def _delete_pods(procs: list[subprocess.Popen[bytes]]) -> int:
         try:
             proc.wait(timeout=max(0.0, grace_ends - time.monotonic()))
         except subprocess.TimeoutExpired:
+            killed += any(_is_rank(pid) for pid in descendants(proc.pid))
             kill_tree(proc.pid)
             proc.wait()
-            killed += 1
     return killed
+
+
+def _is_rank(pid: int) -> bool:
+    """Whether `pid` is a live process of the job other than a W&B service (a rank, or its child)."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z" and b"wandb-core" not in cmdline and b"wandb-symon" not in cmdline
 
 
 def _collected(

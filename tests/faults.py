@@ -266,7 +266,7 @@ def _check(
     if not held["bound"]:
         details.append(f"ended {end_s:.1f} s after the fault or the last row")
     if job.killed_after_grace:
-        details.append(f"{job.killed_after_grace} pod(s) ignored SIGTERM for the whole grace")
+        details.append(f"{job.killed_after_grace} deleted pod(s) still ran a rank after the whole grace")
     # the copies in storage
     import tempfile
 
