@@ -124,7 +124,6 @@ class RankRun:
                 logger.error("wandb.init failed (%s); %d queued call(s) were %s", exc, dropped, kept)
             self._opened.set()
             return
-        queued = self.queued
         with self._lock:  # new calls wait while the queue is written, so order is kept
             if self._lost:  # given up while it opened
                 return
@@ -139,10 +138,10 @@ class RankRun:
                         return
                     logger.warning("run.%s(...) queued before the run opened failed: %s", name, exc)
             self._run = run
-            if self.queued is not None and self.queued.is_open:  # the run holds every call queued so far
-                self.queued.close()
-            else:
-                queued = None
+            # the run holds every call queued so far: say so in their file, then let it go
+            queued = self.queued if self.queued is not None and self.queued.is_open else None
+            if queued is not None:
+                queued.close()
         self._opened.set()
         if queued is not None:
             queued.forget()
