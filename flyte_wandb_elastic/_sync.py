@@ -27,13 +27,14 @@ from pathlib import Path
 from . import _storage
 from ._persist import SYNCED_MARKER, fetch_copies, mark_synced, run_dirs
 from ._queued import Queued, begun, its_start, queued_files, read_queued, unwritten, writers_starts
-from ._runfiles import read_run_file
+from ._runfiles import iter_records, read_run_file
 
 DEFAULT_BASE_URL = "https://api.wandb.ai"
 DEFAULT_PARALLEL = 4
 SYNC_TIMEOUT_S = 1800
 # `[offline-]run-<YYYYMMDD_HHMMSS>-<run id>...`: a run's writer, started at that time
 _UNENDED = "no end recorded"
+_EMPTY = "holds no record"
 _RUN_DIR = re.compile(r"^(?:offline-)?run-(\d{8}_\d{6})-")
 
 
@@ -47,12 +48,15 @@ class SyncReport:
 
     `unended` lists the uploaded ones that recorded no end (still running, or their pod was lost):
     they are not recorded as synced, so the next `sync` sends them again, with what they hold then.
+    `empty` lists those whose writer wrote no record (its service died before its first flush):
+    there is nothing to upload, and `wandb sync` refuses them.
     """
 
     synced: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
     unended: list[str] = field(default_factory=list)
+    empty: list[str] = field(default_factory=list)
 
 
 def check_server(environ: dict[str, str] | os._Environ[str]) -> str:
@@ -106,7 +110,9 @@ def sync(uri: str, parallel: int = DEFAULT_PARALLEL) -> SyncReport:
         with ThreadPoolExecutor(max_workers=max(1, parallel)) as pool:
             for outcomes in pool.map(_sync_in_order, starts.values()):
                 for remote, error in outcomes:
-                    if error is None or error == _UNENDED:
+                    if error == _EMPTY:
+                        report.empty.append(remote)
+                    elif error is None or error == _UNENDED:
                         report.synced.append(remote)
                         if error == _UNENDED:
                             report.unended.append(remote)
@@ -189,7 +195,7 @@ def _sync_in_order(starts: list[tuple[Path, str]]) -> list[tuple[str, str | None
     """Sync one writer's starts in order; once one fails, the later ones wait for the next `sync`."""
     outcomes: list[tuple[str, str | None]] = []
     for run_dir, remote in starts:
-        failed = any(e not in (None, _UNENDED) for _, e in outcomes)
+        failed = any(e not in (None, _UNENDED, _EMPTY) for _, e in outcomes)
         error = "an earlier start failed" if failed else _sync_one(run_dir, remote)
         outcomes.append((remote, error))
     return outcomes
@@ -199,8 +205,10 @@ def _sync_one(run_dir: Path, remote: str) -> str | None:
     """Upload one run directory with `wandb sync` and record it as synced if it ended.
 
     Returns:
-        `None`, `_UNENDED` (uploaded, not recorded), or the error.
+        `None`, `_UNENDED` (uploaded, not recorded), `_EMPTY` (nothing to upload), or the error.
     """
+    if not _holds_records(run_dir):
+        return _EMPTY
     wandb_cli = shutil.which("wandb", path=str(Path(sys.executable).parent)) or "wandb"
     command = [wandb_cli, "sync", "--include-online", "--include-synced", str(run_dir)]
     try:
@@ -216,6 +224,14 @@ def _sync_one(run_dir: Path, remote: str) -> str | None:
         return _UNENDED
     mark_synced(remote, "python -m flyte_wandb_elastic sync")
     return None
+
+
+def _holds_records(run_dir: Path) -> bool:
+    """Whether the run directory's writer wrote any record (else `wandb sync` fails on it)."""
+    try:
+        return any(next(iter_records(f), None) is not None for f in run_dir.glob("run-*.wandb"))
+    except ValueError:  # not a W&B log at all: `wandb sync` says why
+        return True
 
 
 def _ended(run_dir: Path) -> bool:

@@ -386,6 +386,25 @@ def test_sync_of_a_copy_taken_mid_record(tmp_path: Path, wandb_server: WandbServ
     assert [row["x"] for row in wandb_server.rows(PROJECT, "torn")] == kept
 
 
+def test_sync_passes_over_a_start_whose_service_died_before_writing(tmp_path: Path, wandb_server: WandbServer) -> None:
+    # the node's wandb-core killed 1.8 s in (fault seed 4020): the first start's log holds only its
+    # header, which `wandb sync` refuses; the reopened start after it still syncs, every row
+    script = "import wandb\nrun = wandb.init(id='e1', project='p', entity='default', mode='offline')\n"
+    script += "for i in range(5):\n    run.log({'x': i})\nrun.finish()\n"
+    env = {**os.environ, "WANDB_DIR": str(tmp_path / "pod")}
+    subprocess.run([sys.executable, "-c", script], env=env, check=True, capture_output=True)
+    [start] = (tmp_path / "pod" / "wandb").glob("offline-run-*-e1")
+    rank_dir = tmp_path / "storage" / "wandb" / "a0" / "rank-0"
+    rank_dir.mkdir(parents=True)
+    dead = rank_dir / "offline-run-20261204_000000-e1" / "run-e1.wandb"
+    dead.parent.mkdir()
+    dead.write_bytes((start / "run-e1.wandb").read_bytes()[:7])
+    start.rename(rank_dir / start.name)
+    done = cli("sync", str(tmp_path / "storage"), env=wandb_server.env())
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert [row["x"] for row in wandb_server.rows(PROJECT, "e1")] == list(range(5))
+
+
 def test_sync_writes_the_calls_queued_by_a_start_lost_while_its_run_opened(
     tmp_path: Path, wandb_server: WandbServer
 ) -> None:
