@@ -19,7 +19,11 @@ pytestmark = pytest.mark.launch
 
 # seed: what it broke, before the fix. Fixes whose seeds are not launched here have tests of their
 # own: seed 1004 (a copy taken mid-record) test_durable::test_sync_of_a_copy_taken_mid_record;
-# seed 3012 (a shared writer's fallback removed its node peer's directory) test_rank_run.
+# seed 3012 (a shared writer's fallback removed its node peer's directory) test_rank_run; seed 3039
+# (rows queued while a run opened were lost with its rank)
+# test_durable::test_a_pod_killed_while_its_runs_open_keeps_the_rows_queued_meanwhile; seed 4020
+# (a start whose service died before its first flush failed sync)
+# test_durable::test_sync_passes_over_a_start_whose_service_died_before_writing.
 REPLAYED = {
     101: "Elastic 2 nodes, a rank raises, max_restarts=1: the restarted ranks waited for ever at the end "
     "(the agents disagreed on the restart count in the end-of-job keys), and the healthy node's ranks "
