@@ -295,7 +295,10 @@ class RankEnd:
             "notes": options.notes,
             "config": {**(options.config or {}), **({"flyte": meta} if meta is not None else {})},
         }
-        self.queued = QueuedCalls(local_wandb_dir(options.init_kwargs.get("dir")), writer, prefix, interval)
+        try:
+            self.queued = QueuedCalls(local_wandb_dir(options.init_kwargs.get("dir")), writer, prefix, interval)
+        except OSError as exc:  # an unwritable disk: the calls still reach the run once it opens
+            logger.warning("could not keep the calls queued while %s opens (%s)", plan.run_id, exc)
 
 
 def _finish(rank_run: RankRun, published: Any, end: RankEnd, exit_code: int, error: str | None) -> None:
