@@ -150,6 +150,8 @@ def _queued_starts(
     out: list[tuple[Path, str, str]] = []
     for files in writers.values():
         files.sort(key=lambda q: (q.started, q.dir.name))
+        if not any(_pending(q) for q in files):
+            continue  # no run file to read
         starts = writers_starts(files[0], found)
         try:
             runs = {d: [read_run_file(f) for f in d.glob("run-*.wandb")] for d in starts}
@@ -159,8 +161,8 @@ def _queued_starts(
             continue
         steps = [r.rows[-1]["_step"] for rs in runs.values() for r in rs if r.rows]
         for k, queued in enumerate(files):
-            if queued.opened or not queued.calls or (queued.dir / SYNCED_MARKER).exists():
-                continue  # the run holds them, there are none, or they were synced
+            if not _pending(queued):
+                continue
             start = its_start(queued, starts, files[k + 1].started if k + 1 < len(files) else None)
             calls = unwritten(queued, sum(len(r.rows) for r in runs[start]) if start else 0)
             if not calls:
@@ -184,6 +186,11 @@ def _queued_starts(
                 continue
             out.append((run_dir, _remote(uri, root, queued.dir), f"{queued.dir.parent}/{queued.writer.get('id')}"))
     return out
+
+
+def _pending(queued: Queued) -> bool:
+    """Whether the calls may be missing from their run: it never said it opened, and they were not synced."""
+    return bool(queued.calls) and not queued.opened and not (queued.dir / SYNCED_MARKER).exists()
 
 
 def _remote(uri: str, root: Path, local: Path) -> str:

@@ -363,14 +363,20 @@ def test_sync_of_a_restarted_offline_run(tmp_path: Path, wandb_server: WandbServ
         assert "1 already synced" in again.stdout and again.returncode != 0  # tried again, not skipped
 
 
+def offline_run(pod: Path, run_id: str, xs: range) -> Path:
+    """The directory of an offline run that wandb itself writes under `pod`, logging `x` for each of `xs`."""
+    script = f"import wandb\nrun = wandb.init(id='{run_id}', project='{PROJECT}', entity='{ENTITY}', mode='offline')\n"
+    script += f"for x in {xs!r}:\n    run.log({{'x': x}})\nrun.finish()\n"
+    env = {**os.environ, "WANDB_DIR": str(pod)}
+    subprocess.run([sys.executable, "-c", script], env=env, check=True, capture_output=True)
+    [run_dir] = (pod / "wandb").glob(f"offline-run-*-{run_id}")
+    return run_dir
+
+
 def test_sync_of_a_copy_taken_mid_record(tmp_path: Path, wandb_server: WandbServer) -> None:
     # storage lost while a copy was taken (fault seed 1004): the stored log ends in half a record,
     # which W&B's own reader refuses; sync sends every whole row before it
-    script = "import wandb\nrun = wandb.init(id='torn', project='p', entity='default', mode='offline')\n"
-    script += "for i in range(200):\n    run.log({'x': i})\nrun.finish()\n"
-    env = {**os.environ, "WANDB_DIR": str(tmp_path / "pod")}
-    subprocess.run([sys.executable, "-c", script], env=env, check=True, capture_output=True)
-    [written] = (tmp_path / "pod" / "wandb").glob("offline-run-*/run-torn.wandb")
+    written = offline_run(tmp_path / "pod", "torn", range(200)) / "run-torn.wandb"
     data = written.read_bytes()
     torn = data[: len(data) * 2 // 3]
     whole = tmp_path / "whole" / written.name
@@ -389,11 +395,7 @@ def test_sync_of_a_copy_taken_mid_record(tmp_path: Path, wandb_server: WandbServ
 def test_sync_passes_over_a_start_whose_service_died_before_writing(tmp_path: Path, wandb_server: WandbServer) -> None:
     # the node's wandb-core killed 1.8 s in (fault seed 4020): the first start's log holds only its
     # header, which `wandb sync` refuses; the reopened start after it still syncs, every row
-    script = "import wandb\nrun = wandb.init(id='e1', project='p', entity='default', mode='offline')\n"
-    script += "for i in range(5):\n    run.log({'x': i})\nrun.finish()\n"
-    env = {**os.environ, "WANDB_DIR": str(tmp_path / "pod")}
-    subprocess.run([sys.executable, "-c", script], env=env, check=True, capture_output=True)
-    [start] = (tmp_path / "pod" / "wandb").glob("offline-run-*-e1")
+    start = offline_run(tmp_path / "pod", "e1", range(5))
     rank_dir = tmp_path / "storage" / "wandb" / "a0" / "rank-0"
     rank_dir.mkdir(parents=True)
     dead = rank_dir / "offline-run-20261204_000000-e1" / "run-e1.wandb"
@@ -420,11 +422,7 @@ def test_sync_writes_the_calls_queued_by_a_start_lost_while_its_run_opened(
 
     queued("flyte-queued-20261204_000000-q1", range(5))
     queued("flyte-queued-20261204_000010-q1", range(5, 7), {"opened": True})
-    script = f"import wandb\nrun = wandb.init(id='q1', project='{PROJECT}', entity='{ENTITY}', mode='offline')\n"
-    script += "for x in range(5, 10):\n    run.log({'x': x})\nrun.finish()\n"
-    env = {**os.environ, "WANDB_DIR": str(tmp_path / "pod")}
-    subprocess.run([sys.executable, "-c", script], env=env, check=True, capture_output=True)
-    [start] = (tmp_path / "pod" / "wandb").glob("offline-run-*-q1")
+    start = offline_run(tmp_path / "pod", "q1", range(5, 10))
     start.rename(rank_dir / start.name)
     done = cli("sync", str(tmp_path / "storage"), env=wandb_server.env())
     assert done.returncode == 0, done.stdout + done.stderr
