@@ -119,7 +119,9 @@ class WandbClusteredTask(ClusteredTaskTemplate):
         super().__post_init__()
         config = self.plugin_config
         replicas = config.replicas
-        self.links = with_wandb_links(self.links, config.wandb, replicas, replicas, config.nproc_per_node)
+        self.links = with_wandb_links(
+            self.links, config.wandb, replicas, replicas, config.nproc_per_node, self.env_vars
+        )
         self.secrets = with_api_key(self.secrets, config.api_key_secret, config.api_key_secret_group)
 
     async def execute(self, *args: Any, **kwargs: Any) -> Any:

@@ -141,7 +141,9 @@ def _on_task(
 ) -> AsyncFunctionTaskTemplate:
     execute = task.execute  # before `override`, which drops an `execute` another decorator set
     kept = tuple(link for link in task.links if not isinstance(link, Wandb))
-    overridden = cast(AsyncFunctionTaskTemplate, task.override(links=(*kept, *links_for(options, 1, 1, 1))))
+    overridden = cast(
+        AsyncFunctionTaskTemplate, task.override(links=(*kept, *links_for(options, 1, 1, 1, task.env_vars)))
+    )
     new_task = _replace_in_env(task, overridden)
     hooks = RankHooks(task.func, options)
 

@@ -39,6 +39,7 @@ class WandbElasticTask(TorchFunctionTask):
             self.min_nodes,
             self.max_nodes,
             config.nproc_per_node,
+            self.env_vars,
         )
         self.secrets = with_api_key(self.secrets, config.api_key_secret, config.api_key_secret_group)  # type: ignore[has-type]
 

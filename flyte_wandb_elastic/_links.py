@@ -2,11 +2,13 @@
 
 Process: `get_link` runs wherever the task is serialized (`flyte.run`, `flyte deploy`, or a
 parent task submitting this one), with the Flyte run and action names as templates that the
-backend substitutes.
+backend substitutes. The W&B server is the one the pods log to, by `_wandb_host`'s rule applied to
+the task's `env_vars` (what Flyte gives the pods), never to the serializing process's environment.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
@@ -15,14 +17,20 @@ from ._options import PARENT_RUN_KEY, RankScope, RunMode, WandbOptions, from_con
 from ._planner import plan_rank
 from ._sweep_options import SWEEP_ID_KEY, WandbSweepOptions, sweep_from_context
 from ._topology import Topology
+from ._wandb_host import PUBLIC_APP_URL, SERVER_ENV, wandb_server
 
-DEFAULT_HOST = "https://wandb.ai"
+DEFAULT_HOST = PUBLIC_APP_URL
 _ICON = "https://wandb.ai/favicon.ico"
 
 
 def _part(value: str) -> str:
     # Keep Flyte's `{{.runName}}` templates intact for the backend to substitute.
     return quote(value, safe="{}.-_~")
+
+
+def server_env(env_vars: Mapping[str, str] | None) -> dict[str, str]:
+    """The variables of a task's `env_vars` that choose its W&B server (`WANDB_BASE_URL`, `WANDB_APP_URL`)."""
+    return {key: env_vars[key] for key in SERVER_ENV if env_vars and env_vars.get(key)}
 
 
 @dataclass
@@ -33,6 +41,9 @@ class Wandb:
     run or group that the ranks write. The first fields are upstream's, so a link declared by hand
     as upstream's (`Wandb(project=..., entity=...)`) works too: a field left at its default counts
     as unset, and the run context fills it.
+
+    The URL names the server the pods log to: `host` (from the link, `options` or the run
+    context; `https://wandb.ai` counts as unset), else `WANDB_BASE_URL` in `env`, else W&B's cloud.
 
     Attributes:
         host: W&B base URL.
@@ -50,6 +61,7 @@ class Wandb:
         nproc_per_node: Ranks per node.
         node: For per-node runs (`rank_scope="worker"` on several nodes), the node linked to.
         icon_uri: The link's icon.
+        env: The W&B server variables of the task's `env_vars` (see `server_env`).
     """
 
     host: str = DEFAULT_HOST
@@ -66,6 +78,7 @@ class Wandb:
     nproc_per_node: int = 1
     node: int = 0
     icon_uri: str | None = _ICON
+    env: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.declared()  # invalid fields fail here, where the link is written
@@ -103,7 +116,7 @@ class Wandb:
         which always exists; set `entity` and `project` on `WandbElastic` or in `wandb_config`.
         """
         options = self.declared().resolved(context)
-        host = (options.host or DEFAULT_HOST).rstrip("/")
+        host = wandb_server(options.host, self.env).app_url
         if not options.entity:
             return f"{host}/home"
         if not options.project:
@@ -130,7 +143,8 @@ class WandbSweep:
 
     Fields left unset are read from the run context: the sweep id the task published, the
     project and entity of `wandb_sweep_config` (where `@wandb_sweep` creates the sweep), else of
-    `wandb_config`. Before the sweep exists, the link is the project's sweeps page.
+    `wandb_config`. Before the sweep exists, the link is the project's sweeps page. The server is
+    chosen as for `Wandb`.
 
     Attributes:
         host: W&B base URL (unset at its default: `wandb_config(host=...)` then applies).
@@ -139,6 +153,7 @@ class WandbSweep:
         id: Sweep id.
         name: The link's label in the Flyte console.
         icon_uri: The link's icon.
+        env: The W&B server variables of the task's `env_vars` (see `server_env`).
     """
 
     host: str = DEFAULT_HOST
@@ -147,6 +162,7 @@ class WandbSweep:
     id: str | None = None
     name: str = "Weights & Biases Sweep"
     icon_uri: str | None = _ICON
+    env: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         # The same checks as the run options' fields of the same names.
@@ -170,7 +186,7 @@ class WandbSweep:
         context = context or {}
         options = from_context(context)
         sweep = sweep_from_context(context) or WandbSweepOptions()
-        host = (self.host if self.host != DEFAULT_HOST else options.host or DEFAULT_HOST).rstrip("/")
+        host = wandb_server(self.host if self.host != DEFAULT_HOST else options.host, self.env).app_url
         entity = self.entity or sweep.entity or options.entity
         wandb_project = self.project or sweep.project or options.project
         if not entity:
@@ -182,15 +198,23 @@ class WandbSweep:
         return f"{page}/{_part(sweep_id)}" if sweep_id else page
 
 
-def links_for(options: WandbOptions, min_nodes: int, max_nodes: int, nproc_per_node: int) -> tuple[Wandb, ...]:
+def links_for(
+    options: WandbOptions,
+    min_nodes: int,
+    max_nodes: int,
+    nproc_per_node: int,
+    env_vars: Mapping[str, str] | None = None,
+) -> tuple[Wandb, ...]:
     """The console links of a task: one per run scope that is sure to exist.
 
     With `rank_scope="worker"` on several nodes there is one link per node. For an elastic
     `nnodes="MIN:MAX"`, only nodes `0..MIN-1` are sure to join, so only they get a link: a link
     to a node that never joined would lead nowhere. `rank_scope` set only in the run context is
     not known here (links are fixed when the task is declared); declare it on `WandbElastic` to
-    get per-node links.
+    get per-node links. `env_vars` are the task's: where they set `WANDB_BASE_URL`, the pods log
+    there, and so the links name it.
     """
+    env = server_env(env_vars)
     if options.rank_scope == "worker" and max_nodes > 1:
         return tuple(
             Wandb(
@@ -199,7 +223,8 @@ def links_for(options: WandbOptions, min_nodes: int, max_nodes: int, nproc_per_n
                 nproc_per_node=nproc_per_node,
                 node=i,
                 name=f"Weights & Biases Worker {i}",
+                env=env,
             )
             for i in range(min_nodes)
         )
-    return (Wandb(options=options, max_nodes=max_nodes, nproc_per_node=nproc_per_node),)
+    return (Wandb(options=options, max_nodes=max_nodes, nproc_per_node=nproc_per_node, env=env),)

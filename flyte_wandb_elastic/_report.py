@@ -15,6 +15,7 @@ import asyncio
 import contextvars
 import functools
 import logging
+import os
 import threading
 import time
 
@@ -26,11 +27,11 @@ from ._rank_run import lower_this_threads_priority
 from ._report_html import Row, render_tab
 from ._stored_runs import StoredRuns, Writer
 from ._topology import Topology
+from ._wandb_host import wandb_server
 
 logger = logging.getLogger("flyte_wandb_elastic")
 
 TAB_NAME = "Weights & Biases"
-DEFAULT_HOST = "https://wandb.ai"
 # How long the end of a failed or stopped rank 0 waits for its peers' last copies.
 STOPPED_WAIT_S = 5.0
 # The most one write of the report to storage may take.
@@ -166,8 +167,9 @@ class ReportTab:
         entity, project = writer.entity or options.entity, writer.project or options.project
         link = sync = None
         if writer.starts and writer.online and entity and project:
-            host = (options.host or DEFAULT_HOST).rstrip("/")
-            link = f"{host}/{entity}/{project}/runs/{writer.run_id or run_id}"
+            # the page the console links name, in this pod's environment (the task's env_vars)
+            pages = wandb_server(options.host, os.environ).app_url
+            link = f"{pages}/{entity}/{project}/runs/{writer.run_id or run_id}"
         elif writer.starts:
             sync = f"python -m flyte_wandb_elastic sync {self.prefix}/rank-{rank}"
         return Row(

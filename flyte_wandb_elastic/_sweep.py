@@ -20,7 +20,7 @@ from flyte.extend import AsyncFunctionTaskTemplate
 from . import _wandb_server
 from ._decorator import _replace_in_env
 from ._downloads import download_wandb_sweep_logs
-from ._links import WandbSweep
+from ._links import WandbSweep, server_env
 from ._options import from_context, invalid
 from ._sweep_options import SWEEP_ID_KEY, WandbSweepOptions, sweep_from_context
 
@@ -97,7 +97,7 @@ def _on_task(
 ) -> AsyncFunctionTaskTemplate:
     execute = task.execute  # before `override`, which drops an `execute` another decorator set
     kept = tuple(link for link in task.links if not isinstance(link, WandbSweep))
-    link = WandbSweep(project=declared.project, entity=declared.entity)
+    link = WandbSweep(project=declared.project, entity=declared.entity, env=server_env(task.env_vars))
     new_task = _replace_in_env(task, cast(AsyncFunctionTaskTemplate, task.override(links=(*kept, link))))
 
     async def execute_in_sweep(*args: Any, **kwargs: Any) -> Any:

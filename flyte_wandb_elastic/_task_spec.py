@@ -6,7 +6,7 @@ these when a task is declared or starts, so both engines declare exactly the sam
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import flyte
@@ -32,11 +32,20 @@ def check_sync(task_name: str, func: Callable[..., Any]) -> None:
 
 
 def with_wandb_links(
-    links: tuple[Any, ...], options: WandbOptions, min_nodes: int, max_nodes: int, nproc_per_node: int
+    links: tuple[Any, ...],
+    options: WandbOptions,
+    min_nodes: int,
+    max_nodes: int,
+    nproc_per_node: int,
+    env_vars: Mapping[str, str] | None,
 ) -> tuple[Any, ...]:
-    """`links` with this task's W&B links in place of any earlier ones (`override()` copies them)."""
+    """`links` with this task's W&B links in place of any earlier ones (`override()` copies them).
+
+    `env_vars` are the task's (`TaskEnvironment(env_vars=...)`, `override(env_vars=...)`): the
+    links name the W&B server they point the pods at.
+    """
     kept = tuple(link for link in links if not isinstance(link, Wandb))
-    return (*kept, *links_for(options, min_nodes, max_nodes, nproc_per_node))
+    return (*kept, *links_for(options, min_nodes, max_nodes, nproc_per_node, env_vars))
 
 
 def with_api_key(secrets: Any, key: str | None, group: str | None) -> Any:

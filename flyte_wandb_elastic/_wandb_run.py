@@ -23,10 +23,10 @@ from ._planner import RankPlan
 from ._queued import Queued
 from ._rank_run import service_lost
 from ._runfiles import local_wandb_dir, writers_dir
+from ._wandb_host import wandb_server
 
 logger = logging.getLogger("flyte_wandb_elastic")
 
-_PUBLIC_HOST = "https://wandb.ai"
 DEFAULT_FLUSH_INTERVAL_S = 1.0
 
 
@@ -76,8 +76,10 @@ def open_run(
     # W&B's own default (90 s) would outlast the bound of the end for a run still opening then.
     settings["init_timeout"] = options.init_timeout or INIT_SHARE * finish_timeout
     kwargs: dict[str, Any] = dict(options.init_kwargs)
-    if options.host and options.host.rstrip("/") != _PUBLIC_HOST:
-        settings["base_url"] = options.host
+    # The server the console links name, by the same rule: `host`, else W&B reads WANDB_BASE_URL.
+    base_url = wandb_server(options.host, os.environ).base_url
+    if base_url:
+        settings["base_url"] = base_url
     # An explicit mode wins over the shared-mode setting; without one, `Settings(mode="shared")`
     # would override WANDB_MODE=offline and fail for want of an API key.
     mode = options.mode or os.environ.get("WANDB_MODE") or None

@@ -16,7 +16,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-_PUBLIC_HOST = "https://wandb.ai"
+from ._wandb_host import BASE_URL_ENV, wandb_server
+
 SERVERLESS_MODES = ("offline", "disabled", "dryrun")
 
 
@@ -46,19 +47,21 @@ def require_server(what: str, mode: str | None, source: str) -> None:
 
 @contextmanager
 def _base_url(host: str | None) -> Iterator[None]:
-    """`WANDB_BASE_URL` set to `host` for the block, where `wandb.sweep` reads it."""
-    if not host or host.rstrip("/") == _PUBLIC_HOST:
+    """`WANDB_BASE_URL` set to `host` for the block where `host` decides the server (`_wandb_host`),
+    where `wandb.sweep` reads it."""
+    base_url = wandb_server(host, os.environ).base_url
+    if not base_url:
         yield
         return
-    saved = os.environ.get("WANDB_BASE_URL")
-    os.environ["WANDB_BASE_URL"] = host.rstrip("/")
+    saved = os.environ.get(BASE_URL_ENV)
+    os.environ[BASE_URL_ENV] = base_url
     try:
         yield
     finally:
         if saved is None:
-            os.environ.pop("WANDB_BASE_URL", None)
+            os.environ.pop(BASE_URL_ENV, None)
         else:
-            os.environ["WANDB_BASE_URL"] = saved
+            os.environ[BASE_URL_ENV] = saved
 
 
 def create_sweep(
@@ -85,7 +88,7 @@ def create_sweep(
 def _api(host: str | None) -> Any:
     import wandb
 
-    base_url = host.rstrip("/") if host and host.rstrip("/") != _PUBLIC_HOST else None
+    base_url = wandb_server(host, os.environ).base_url
     return wandb.Api(overrides={"base_url": base_url} if base_url else None)
 
 

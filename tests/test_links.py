@@ -2,14 +2,27 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
+import flyte
 import pytest
+from flyte.clustered import ClusteredTaskEnvironment
+from flyteplugins.pytorch import Elastic
 from google.protobuf.json_format import MessageToJson
 
-from flyte_wandb_elastic import wandb_config
+from flyte_wandb_elastic import (
+    WandbClusteredTaskEnvironment,
+    WandbElastic,
+    WandbOptions,
+    wandb_config,
+    wandb_init,
+    wandb_sweep,
+)
+from flyte_wandb_elastic._sweep_options import SWEEP_ID_KEY
+from flyte_wandb_elastic._wandb_host import WandbServer, wandb_server
 from tests.serialize import deploy_path_spec, links, run_path_spec
-from tests.tasks import make_task
+from tests.tasks import make_task, train
 
 H = "https://wandb.ai/team/proj"
 B = "{{.runName}}-{{.actionName}}"
@@ -98,3 +111,182 @@ def test_serialized_spec_has_no_key_material(monkeypatch: pytest.MonkeyPatch) ->
     for spec in (run_path_spec(t, wandb_config(project="proj")), deploy_path_spec(t)):
         assert key not in MessageToJson(spec)
         assert key.encode() not in spec.SerializeToString()
+
+
+# -- the W&B server: the one the pods log to, chosen by the same rule (`_wandb_host`) ------------
+
+SELF_HOSTED = "https://wandb.example.com"
+AT_SELF_HOSTED = {"WANDB_BASE_URL": SELF_HOSTED}
+S = f"{SELF_HOSTED}/team/proj"
+
+
+@pytest.mark.parametrize(
+    ("host", "environ", "base_url", "app_url"),
+    [
+        (None, {}, None, "https://wandb.ai"),
+        ("https://wandb.ai", {}, None, "https://wandb.ai"),
+        # `host` decides where set; at upstream's default it counts as unset
+        ("https://w.example.com/", AT_SELF_HOSTED, "https://w.example.com", "https://w.example.com"),
+        ("https://wandb.ai/", AT_SELF_HOSTED, None, SELF_HOSTED),
+        (None, {"WANDB_BASE_URL": "http://127.0.0.1:8080/"}, None, "http://127.0.0.1:8080"),
+        # W&B's API hosts and their pages
+        (None, {"WANDB_BASE_URL": "https://api.wandb.ai"}, None, "https://wandb.ai"),
+        ("https://api.wandb.ai", {}, "https://api.wandb.ai", "https://wandb.ai"),
+        (None, {"WANDB_BASE_URL": "https://api.example.com"}, None, "https://app.example.com"),
+        (None, {"WANDB_BASE_URL": "https://api.forge.coreweave.com"}, None, "https://forge.coreweave.com/wandb"),
+        # WANDB_APP_URL names the pages, as W&B's `app_url` setting
+        (None, {"WANDB_APP_URL": "https://ui.example.com/"}, None, "https://ui.example.com"),
+        (
+            "http://10.0.0.5:8080",
+            {"WANDB_APP_URL": "https://ui.example.com"},
+            "http://10.0.0.5:8080",
+            "https://ui.example.com",
+        ),
+    ],
+)
+def test_the_server_rule(host: str | None, environ: dict[str, str], base_url: str | None, app_url: str) -> None:
+    assert wandb_server(host, environ) == WandbServer(base_url, app_url)
+
+
+@pytest.mark.parametrize(
+    "base_url",
+    [
+        SELF_HOSTED,
+        "http://127.0.0.1:8080/",
+        "https://api.example.com",
+        "https://api.forge.coreweave.com",
+        "https://forge.coreweave.com/api/wandb",
+        "https://api.wandb.test",
+    ],
+)
+@pytest.mark.parametrize("app_url", [None, "https://ui.example.com"])
+def test_pages_are_where_wandb_puts_them(monkeypatch: pytest.MonkeyPatch, base_url: str, app_url: str | None) -> None:
+    # W&B's own run pages start with its `app_url`. (For its cloud, `https://api.wandb.ai`, wandb 0.31
+    # names the Forge address; the links keep `https://wandb.ai`, which shows the same runs.)
+    import wandb
+
+    for key in [k for k in os.environ if k.startswith("WANDB_")]:
+        monkeypatch.delenv(key)
+    settings = wandb.Settings(base_url=base_url, **({"app_url_override": app_url} if app_url else {}))
+    environ = {"WANDB_BASE_URL": base_url, **({"WANDB_APP_URL": app_url} if app_url else {})}
+    assert wandb_server(None, environ).app_url == settings.app_url
+
+
+def _elastic(env_vars: dict[str, str] | None = None, name: str = "host_elastic", **options: Any) -> Any:
+    env = flyte.TaskEnvironment(
+        name=name,
+        env_vars=env_vars,
+        plugin_config=WandbElastic(nnodes=2, nproc_per_node=2, entity="team", project="proj", **options),
+    )
+    return env.task(train)
+
+
+def _clustered(env_vars: dict[str, str] | None = None, **options: Any) -> Any:
+    wandb = WandbOptions(entity="team", project="proj", **options)
+    env = WandbClusteredTaskEnvironment(
+        name="host_clustered", replicas=2, nproc_per_node=2, env_vars=env_vars, wandb=wandb
+    )
+    return env.task(train)
+
+
+def _decorated_plain(env_vars: dict[str, str] | None = None) -> Any:
+    return wandb_init(entity="team", project="proj")(
+        flyte.TaskEnvironment(name="host_plain", env_vars=env_vars).task(train)
+    )
+
+
+def _decorated_elastic(env_vars: dict[str, str] | None = None) -> Any:
+    env = flyte.TaskEnvironment(
+        name="host_elastic_plain", env_vars=env_vars, plugin_config=Elastic(nnodes=2, nproc_per_node=2)
+    )
+    return wandb_init(entity="team", project="proj")(env.task(train))
+
+
+def _decorated_clustered(env_vars: dict[str, str] | None = None) -> Any:
+    env = ClusteredTaskEnvironment(name="host_clustered_plain", replicas=2, nproc_per_node=2, env_vars=env_vars)
+    return wandb_init(entity="team", project="proj")(env.task(train))
+
+
+DECLARATIONS = {
+    "WandbElastic": _elastic,
+    "WandbClusteredTaskEnvironment": _clustered,
+    "@wandb_init on a task": _decorated_plain,
+    "@wandb_init on an Elastic task": _decorated_elastic,
+    "@wandb_init on a clustered task": _decorated_clustered,
+}
+
+
+@pytest.mark.parametrize("declare", list(DECLARATIONS.values()), ids=list(DECLARATIONS))
+def test_env_vars_of_the_environment_name_the_server(declare: Any) -> None:
+    t = declare(AT_SELF_HOSTED)
+    for spec in (run_path_spec(t, {}), deploy_path_spec(t)):
+        assert links(spec) == [(W, f"{S}/runs/{B}")]
+    # the pods get exactly these env_vars, and W&B there follows WANDB_BASE_URL
+    env = {kv.key: kv.value for kv in run_path_spec(t, {}).task_template.container.env}
+    assert env["WANDB_BASE_URL"] == SELF_HOSTED
+    assert links(run_path_spec(declare(), {})) == [(W, f"{H}/runs/{B}")]
+
+
+def test_every_per_node_link_and_the_home_page_name_the_server() -> None:
+    t = _elastic(AT_SELF_HOSTED, rank_scope="worker", run_mode="new")
+    assert links(run_path_spec(t, {})) == [
+        (f"{W} Worker 0", f"{S}/groups/{B}-worker-0"),
+        (f"{W} Worker 1", f"{S}/groups/{B}-worker-1"),
+    ]
+    no_entity = flyte.TaskEnvironment(
+        name="host_no_entity", env_vars=AT_SELF_HOSTED, plugin_config=WandbElastic(nnodes=2, nproc_per_node=2)
+    ).task(train)
+    assert links(run_path_spec(no_entity, {})) == [(W, f"{SELF_HOSTED}/home")]
+
+
+@pytest.mark.parametrize("declare", [_elastic, _clustered], ids=["WandbElastic", "WandbClusteredTaskEnvironment"])
+def test_override_env_vars_recomputes_the_links(declare: Any) -> None:
+    t = declare(AT_SELF_HOSTED)
+    moved = t.override(env_vars={"WANDB_BASE_URL": "https://api.other.example.com"})
+    assert links(run_path_spec(moved, {})) == [(W, f"https://app.other.example.com/team/proj/runs/{B}")]
+    assert links(run_path_spec(declare().override(env_vars=AT_SELF_HOSTED), {})) == [(W, f"{S}/runs/{B}")]
+
+
+def test_host_wins_where_the_pods_use_it() -> None:
+    # explicit host: the pods pass it to W&B as its base URL, over WANDB_BASE_URL
+    t = _elastic(AT_SELF_HOSTED, host="https://other.example.com/")
+    assert links(run_path_spec(t, {})) == [(W, f"https://other.example.com/team/proj/runs/{B}")]
+    # host in the run context: the pods read it too
+    context = wandb_config(host="https://ctx.example.com")
+    assert links(run_path_spec(_elastic(AT_SELF_HOSTED), context)) == [
+        (W, f"https://ctx.example.com/team/proj/runs/{B}")
+    ]
+    # host at W&B's public address counts as unset in the pods, which then follow WANDB_BASE_URL
+    t = _elastic(AT_SELF_HOSTED, host="https://wandb.ai")
+    assert links(run_path_spec(t, {})) == [(W, f"{S}/runs/{B}")]
+    assert links(run_path_spec(_elastic(host="https://wandb.ai"), {})) == [(W, f"{H}/runs/{B}")]
+
+
+def test_wandb_api_hosts_and_app_url() -> None:
+    cloud = _elastic({"WANDB_BASE_URL": "https://api.wandb.ai"})
+    assert links(run_path_spec(cloud, {})) == [(W, f"{H}/runs/{B}")]
+    app = _elastic({"WANDB_BASE_URL": "http://10.0.0.5:8080", "WANDB_APP_URL": "https://wandb.corp.example/"})
+    assert links(run_path_spec(app, {})) == [(W, f"https://wandb.corp.example/team/proj/runs/{B}")]
+
+
+def test_the_deploying_shells_server_does_not_change_the_links(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Flyte sends the pods the task's env_vars, not the shell's: the runs go where those say
+    monkeypatch.setenv("WANDB_BASE_URL", "https://shell.example.com")
+    monkeypatch.setenv("WANDB_APP_URL", "https://shell-ui.example.com")
+    assert links(run_path_spec(_elastic(), {})) == [(W, f"{H}/runs/{B}")]
+    assert links(deploy_path_spec(_elastic(AT_SELF_HOSTED))) == [(W, f"{S}/runs/{B}")]
+    sweep = wandb_sweep(entity="team", project="proj")(flyte.TaskEnvironment(name="host_sweep_shell").task(train))
+    assert links(run_path_spec(sweep, {})) == [("Weights & Biases Sweep", f"{H}/sweeps")]
+
+
+def test_sweep_links_name_the_server() -> None:
+    sweep = wandb_sweep(entity="team", project="proj")(
+        flyte.TaskEnvironment(name="host_sweep", env_vars=AT_SELF_HOSTED).task(train)
+    )
+    assert links(run_path_spec(sweep, {})) == [("Weights & Biases Sweep", f"{S}/sweeps")]
+    assert links(run_path_spec(sweep, {SWEEP_ID_KEY: "abc123"})) == [("Weights & Biases Sweep", f"{S}/sweeps/abc123")]
+    context = wandb_config(host="https://ctx.example.com")
+    assert links(deploy_path_spec(sweep)) == [("Weights & Biases Sweep", f"{S}/sweeps")]
+    assert links(run_path_spec(sweep, context)) == [
+        ("Weights & Biases Sweep", "https://ctx.example.com/team/proj/sweeps")
+    ]
