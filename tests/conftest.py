@@ -83,6 +83,7 @@ def launch(
     function: str = "train",
     run_base_dir: str | None = None,
     pods: bool = False,
+    env_vars: dict[str, str] | None = None,
 ) -> Launch:
     """Run the test `train` task as Flyte pods would, one process per node, and collect results.
 
@@ -90,7 +91,9 @@ def launch(
     started (to signal a rank, say); the launch then waits for them to end. `run_base_dir` is the
     Flyte run's base directory (every node's; by default one per node under `tmp`). With `pods`,
     each node has a `WANDB_DIR` of its own, deleted after the job (and after its run files are
-    read), as Kubernetes deletes a pod's disk.
+    read), as Kubernetes deletes a pod's disk. `env_vars` are declared on the task's environment
+    (`TaskEnvironment(env_vars=...)`); each node sets the task's `env_vars` in its environment, as a
+    pod's container has them.
     """
     nnodes = int(str(config.get("nnodes", 1)).split(":")[-1]) if mode == "remote" else 1
     facts_dir = tmp / "facts"
@@ -113,6 +116,7 @@ def launch(
             "out": str(tmp / f"node-{node}.json"),
             "work_dir": str(tmp / f"work-{node}"),
             **({"run_base_dir": run_base_dir} if run_base_dir else {}),
+            **({"env_vars": env_vars} if env_vars else {}),
         }
         log = open(tmp / f"node-{node}.log", "w")  # noqa: SIM115 - closed below
         procs.append(
@@ -316,7 +320,8 @@ def launch_clustered(
     """Run a task of `tests.clustered_tasks` as a clustered task's pods do, one torchrun per node.
 
     Each node runs the command that Flyte's `clustered` entrypoint execs, with the environment it
-    exports: `torchrun ... --no-python -- a0 ...`. Outcomes hold each node's exit code and, for the
+    exports: `torchrun ... --no-python -- a0 ...`, and the task's `env_vars`, which a pod's container
+    has (over everything else). Outcomes hold each node's exit code and, for the
     node holding global rank 0, the task's output read back from `outputs.pb`. `run_base_dir`
     and `pods` as for `launch`.
     """
@@ -347,6 +352,7 @@ def launch_clustered(
     finally:
         os.environ.pop("CLUSTERED_CONFIG") if saved is None else os.environ.update(CLUSTERED_CONFIG=saved)
     interface = getattr(module, task).native_interface
+    task_env_vars = getattr(module, task).env_vars or {}
     proto = asyncio.run(convert_from_native_to_inputs(interface, custom_context=custom_context, **(inputs or {})))
     (tmp / "inputs.pb").write_bytes(proto.proto_inputs.SerializeToString())
     bin_dir = Path(sys.executable).parent
@@ -378,6 +384,7 @@ def launch_clustered(
         log = open(tmp / f"node-{node}.log", "w")  # noqa: SIM115 - closed below
         node_env = {**env, "NODE_RANK": str(node), "PATH": f"{bin_dir}{os.pathsep}{env.get('PATH', '')}"}
         node_env.update(_pod_env(tmp, node, pods))
+        node_env.update(task_env_vars)
         procs.append((subprocess.Popen(command, cwd=REPO, env=node_env, stdout=log, stderr=subprocess.STDOUT), log))
     wall_s, ended_at, killed = _wait_for(procs, facts_dir, during, started, pods)
     outcomes: list[dict[str, Any]] = []

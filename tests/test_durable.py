@@ -26,6 +26,8 @@ from flyte_wandb_elastic._planner import plan_rank
 from flyte_wandb_elastic._runfiles import read_run_file
 from flyte_wandb_elastic._topology import Topology
 from tests.conftest import REPO, Launch, kill_tree, launch, launch_clustered, launched_pids
+from tests.launcher import task_of
+from tests.serialize import links, serialize
 from tests.servers import ENTITY, S3Server, WandbServer
 
 pytestmark = pytest.mark.launch
@@ -191,6 +193,29 @@ def _links(engine: str, options: dict[str, Any]) -> list[str]:
         link.get_link("r1", "proj", "dev", {}, "", "a0", "")
         for link in links_for(declared, 2, 2, 2)  # both engines declare their links through links_for
     ]
+
+
+def test_a_server_set_only_in_the_environments_env_vars_gets_the_runs_and_every_link(
+    tmp_path: Path, shared_wandb: WandbServer
+) -> None:
+    # As most self-hosted W&B setups do: WANDB_BASE_URL in `TaskEnvironment(env_vars=...)`, no
+    # `host=`, nothing in the pods' environment but what Flyte gives them from the task.
+    env_vars = {"WANDB_BASE_URL": shared_wandb.url}
+    pod_env = {k: v for k, v in shared_wandb.env().items() if k != "WANDB_BASE_URL"}
+    config = {"nnodes": 1, "nproc_per_node": 2, "project": PROJECT, "entity": ENTITY}
+    config.update(report=True, persist_interval=1.0)  # the report tab's link, too
+    inputs = {"steps": 5, "interval_s": 0.05}
+    storage = str(tmp_path / "storage")
+    job = launch(tmp_path, config, inputs, function="paced", extra_env=pod_env, env_vars=env_vars, run_base_dir=storage)
+    assert job.errors == [], job.logs
+    assert set(writers(job)) == {"r1-a0"} and shared_wandb.runs()["r1-a0"] == "finished"
+    url = job.facts[0]["url"]  # W&B's own page for the run, in the pod
+    # the console links of the same task, serialized by Flyte's serializer, name that page
+    task = task_of({"config": config, "function": "paced", "env_vars": env_vars})
+    spec = serialize(task, "r1", "proj", "dev", {})
+    assert [uri.replace("{{.actionName}}", "a0") for _, uri in links(spec)] == [url]
+    # and so does the report tab's
+    assert f'href="{url}"' in (tmp_path / "work-0" / "outputs" / "report.html").read_text()
 
 
 @pytest.mark.parametrize("engine", ["elastic", "clustered"])
