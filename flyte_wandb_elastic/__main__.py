@@ -2,6 +2,8 @@
 
 - `inspect [--json] [URI]` prints what each W&B run file under URI holds: a `WANDB_DIR`, or the
   copies in storage (a Flyte run's base directory, or anything under it, local or `s3://...`).
+  Non-finite values read as W&B prints them: `NaN`, `Infinity`, `-Infinity` (strings in `--json`,
+  which stays strict JSON).
 - `sync [-n N] URI` uploads every run stored under URI to the W&B server of the environment.
 - `layout --run-mode M --rank-scope S --nodes N --nproc-per-node P` pictures which ranks of such a
   job write which runs, from the same planner as the runs.
@@ -60,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
             print(exc, file=sys.stderr)
             return 1
         if args.json:
-            print(json.dumps([run.as_dict() for run in runs], indent=2))
+            print(json.dumps([run.as_dict() for run in runs], indent=2, allow_nan=False))
             return 0 if runs else 1
     if not runs:
         print(f"no W&B run files under {args.dir}", file=sys.stderr)

@@ -11,14 +11,19 @@ Process: wherever the tab is built (rank 0's report thread, the benchmark, the t
 from __future__ import annotations
 
 import html
+import math
 from dataclasses import dataclass, field
 from typing import Any
+
+from ._values import nonfinite_name, short
 
 TABLE_ROWS = 50
 MAX_CHARTS = 12
 MAX_LINES = 20
 COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")
 _W, _H, _LEFT, _RIGHT, _TOP, _BOTTOM = 560, 200, 56, 12, 10, 24
+# How a chart marks a non-finite value: its label, and whether it sits at the top (else the bottom).
+_MARKS = {"NaN": ("NaN", True), "Infinity": ("+inf", True), "-Infinity": ("-inf", False)}
 
 _STYLE = """<style>
 .fwe { font-family: system-ui, sans-serif; font-size: 13px; color: #222; }
@@ -85,7 +90,7 @@ def _table(rows: list[Row]) -> str:
     head = f"<tr>{''.join(f'<th>{c}</th>' for c in columns)}</tr>"
     body = []
     for row in rows:
-        metrics = ", ".join(f"{k}={_short(v)}" for k, v in sorted(row.metrics.items())) or "-"
+        metrics = ", ".join(f"{k}={short(v)}" for k, v in sorted(row.metrics.items())) or "-"
         state_class = row.state.split()[0] if row.state.split()[0] in ("running", "finished", "failed") else "other"
         if row.link:
             where = f'<a href="{e(row.link, quote=True)}" target="_blank">open in W&amp;B</a>'
@@ -111,30 +116,67 @@ def _charts(rows: list[Row]) -> str:
 
 
 def _chart(metric: str, rows: list[Row]) -> str:
+    """One metric's chart: a line per writer, broken at each non-finite value, which is marked
+    (NaN, +inf, -inf) at its step. The axes span the finite values only."""
     e = html.escape
     shown = rows[:MAX_LINES]
-    points = [p for row in shown for p in row.curves[metric]]
-    x0, x1 = min(p[0] for p in points), max(p[0] for p in points)
-    y0, y1 = min(p[1] for p in points), max(p[1] for p in points)
+    steps = [s for row in shown for s, _ in row.curves[metric]]
+    finite = [v for row in shown for _, v in row.curves[metric] if math.isfinite(v)]
+    x0, x1 = min(steps), max(steps)
+    y0, y1 = (min(finite), max(finite)) if finite else (0.0, 1.0)
     if x1 == x0:
         x1 = x0 + 1
     if y1 == y0:
         y0, y1 = y0 - 1, y1 + 1
     width, height = _W - _LEFT - _RIGHT, _H - _TOP - _BOTTOM
 
-    def xy(step: int, value: float) -> str:
-        return f"{_LEFT + (step - x0) / (x1 - x0) * width:.1f},{_TOP + (y1 - value) / (y1 - y0) * height:.1f}"
+    def x(step: int) -> str:
+        return f"{_LEFT + (step - x0) / (x1 - x0) * width:.1f}"
 
-    lines = [
-        f'<polyline class="fwe-line" fill="none" stroke-width="2" stroke="{COLORS[i % len(COLORS)]}" '
-        f'points="{" ".join(xy(s, v) for s, v in row.curves[metric])}"><title>{e(row.name)}</title></polyline>'
-        for i, row in enumerate(shown)
-    ]
+    def y(value: float) -> str:
+        return f"{_TOP + (y1 - value) / (y1 - y0) * height:.1f}"
+
+    drawn = []
+    for i, row in enumerate(shown):
+        color = COLORS[i % len(COLORS)]
+        segments: list[list[str]] = [[]]
+        for step, value in row.curves[metric]:
+            kind = nonfinite_name(value)
+            if kind is None:
+                segments[-1].append(f"{x(step)},{y(value)}")
+                continue
+            if segments[-1]:
+                segments.append([])
+            label, at_top = _MARKS[kind]
+            ty = _TOP + 9 + (i % 3) * 10 if at_top else _TOP + height - 3 - (i % 3) * 10
+            drawn.append(
+                f'<g class="fwe-mark" data-value="{kind}"><title>{e(row.name)}: {e(metric)} = {kind} at step {step}'
+                f'</title><line x1="{x(step)}" y1="{_TOP}" x2="{x(step)}" y2="{_TOP + height}" stroke="{color}" '
+                f'stroke-dasharray="3,3"/><text x="{x(step)}" y="{ty}" text-anchor="middle" font-size="10" '
+                f'fill="{color}">{label}</text></g>'
+            )
+        # "M a L b L c": one subpath per finite stretch; a lone point is drawn as a dot ("h0")
+        path = " ".join(
+            f"M{seg[0]}" + (f" L{' L'.join(seg[1:])}" if len(seg) > 1 else " h0") for seg in segments if seg
+        )
+        if path:
+            drawn.insert(
+                0,
+                f'<path class="fwe-line" fill="none" stroke-width="2" stroke-linecap="round" stroke="{color}" '
+                f'd="{path}"><title>{e(row.name)}</title></path>',
+            )
+    note = (
+        ""
+        if finite
+        else f'<text x="{_LEFT + width / 2:.1f}" y="{_TOP + height / 2:.1f}" text-anchor="middle" font-size="12">'
+        "no finite value: every value is NaN or infinite</text>"
+    )
+    top, bottom = (short(y1), short(y0)) if finite else ("", "")
     axes = (
         f'<line x1="{_LEFT}" y1="{_TOP + height}" x2="{_LEFT + width}" y2="{_TOP + height}" stroke="#999"/>'
         f'<line x1="{_LEFT}" y1="{_TOP}" x2="{_LEFT}" y2="{_TOP + height}" stroke="#999"/>'
-        f'<text x="{_LEFT - 4}" y="{_TOP + 10}" text-anchor="end" font-size="11">{_short(y1)}</text>'
-        f'<text x="{_LEFT - 4}" y="{_TOP + height}" text-anchor="end" font-size="11">{_short(y0)}</text>'
+        f'<text x="{_LEFT - 4}" y="{_TOP + 10}" text-anchor="end" font-size="11">{top}</text>'
+        f'<text x="{_LEFT - 4}" y="{_TOP + height}" text-anchor="end" font-size="11">{bottom}</text>'
         f'<text x="{_LEFT}" y="{_H - 6}" font-size="11">step {x0}</text>'
         f'<text x="{_LEFT + width}" y="{_H - 6}" text-anchor="end" font-size="11">{x1}</text>'
     )
@@ -145,9 +187,5 @@ def _chart(metric: str, rows: list[Row]) -> str:
     return (
         f'<figure class="fwe-chart" data-metric="{e(metric, quote=True)}"><figcaption>{e(metric)}</figcaption>'
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{_W}" height="{_H}" viewBox="0 0 {_W} {_H}">'
-        f'{axes}{"".join(lines)}</svg><div class="fwe-legend">{legend}{more}</div></figure>'
+        f'{axes}{note}{"".join(drawn)}</svg><div class="fwe-legend">{legend}{more}</div></figure>'
     )
-
-
-def _short(value: Any) -> str:
-    return f"{value:.4g}" if isinstance(value, float) else str(value)

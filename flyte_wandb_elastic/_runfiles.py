@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ._values import json_safe, short
+
 _MAGIC = b":W&B"
 _HEADER = 7
 _BLOCK = 32 * 1024
@@ -129,21 +131,24 @@ class RunFile:
         return self.path.parent.name
 
     def as_dict(self) -> dict[str, Any]:
-        """This run file as plain JSON-serializable data (the inspector's `--json` output)."""
-        return {
-            "run_id": self.run_id,
-            "project": self.project,
-            "group": self.group,
-            "label": self.label,
-            "primary": self.primary,
-            "steps": len(self.rows),
-            "exit_code": self.exit_code,
-            "run_dir": self.run_dir,
-            "path": str(self.path),
-            "last_metrics": self.last_metrics,
-            "summary": self.summary,
-            "config": self.config,
-        }
+        """This run file as strict JSON-serializable data (the inspector's `--json` output): a
+        non-finite value is the string `"NaN"`, `"Infinity"` or `"-Infinity"`."""
+        return json_safe(
+            {
+                "run_id": self.run_id,
+                "project": self.project,
+                "group": self.group,
+                "label": self.label,
+                "primary": self.primary,
+                "steps": len(self.rows),
+                "exit_code": self.exit_code,
+                "run_dir": self.run_dir,
+                "path": str(self.path),
+                "last_metrics": self.last_metrics,
+                "summary": self.summary,
+                "config": self.config,
+            }
+        )
 
 
 def read_run_file(path: str | Path) -> RunFile:
@@ -196,17 +201,13 @@ def format_table(runs: list[RunFile]) -> str:
             str(len(r.rows)),
             "-" if r.exit_code is None else str(r.exit_code),
             r.run_dir,
-            ", ".join(f"{k}={_short(v)}" for k, v in sorted(r.last_metrics.items())) or "-",
+            ", ".join(f"{k}={short(v)}" for k, v in sorted(r.last_metrics.items())) or "-",
         )
         for r in sorted(runs, key=lambda r: (r.run_id, r.label, r.run_dir))
     ]
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in [header, *rows]]
     return "\n".join(lines)
-
-
-def _short(value: Any) -> str:
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 def _decode_items(items: Any) -> dict[str, Any]:

@@ -19,39 +19,67 @@ from typing import Any
 from . import _storage
 from ._persist import PARTS_SUFFIX
 from ._runfiles import _HEADER, _MAGIC, parse_records
+from ._values import nonfinite_name
 
-# Points kept per curve: between MAX_POINTS and twice as many, evenly spread over the steps.
+# Finite points kept per curve: between MAX_POINTS and twice as many, evenly spread over the steps.
 MAX_POINTS = 100
+# Runs of non-finite values kept per curve (the first point of each): up to 2 * MAX_BREAKS, evenly
+# spread over the runs once there are more.
+MAX_BREAKS = 100
 _PART = re.compile(rf"^rank-(\d+)/([^/]+)/run-[^/]+\.wandb{re.escape(PARTS_SUFFIX)}/(\d+)$")
 
 
-class Curve:
-    """One metric's `(step, value)` points, thinned by keeping every k-th as they come.
+class _Thinned:
+    """Items kept as they come, every k-th: `k` doubles (and every other kept item goes) whenever
+    more than `2 * cap` are kept, so any number of items costs at most that many."""
 
-    `k` doubles (and every other kept point goes) whenever more than `2 * MAX_POINTS` are kept,
-    so a curve of any length costs at most that many points. `last` is always the newest point.
-    """
-
-    def __init__(self) -> None:
-        self.points: list[tuple[int, float]] = []
-        self.last: tuple[int, float] | None = None
+    def __init__(self, cap: int) -> None:
+        self.items: list[tuple[int, int, float]] = []
+        self._cap = cap
         self._stride = 1
         self._seen = 0
 
-    def add(self, step: int, value: float) -> None:
-        self.last = (step, value)
+    def add(self, item: tuple[int, int, float]) -> None:
         if self._seen % self._stride == 0:
-            self.points.append((step, value))
-            if len(self.points) > 2 * MAX_POINTS:
-                self.points = self.points[::2]
+            self.items.append(item)
+            if len(self.items) > 2 * self._cap:
+                self.items = self.items[::2]
                 self._stride *= 2
         self._seen += 1
 
+
+class Curve:
+    """One metric's `(step, value)` points, bounded: finite points thinned by keeping every k-th as
+    they come, and the first point of each run of non-finite values (NaN, +inf, -inf) kept apart,
+    so that thinning never hides a divergence. A chart breaks its line at each non-finite point.
+
+    At most `2 * MAX_POINTS` finite points, `2 * MAX_BREAKS` non-finite ones and the newest point
+    are kept, however long the curve. `last` is always the newest point.
+    """
+
+    def __init__(self) -> None:
+        self.last: tuple[int, float] | None = None
+        self._finite = _Thinned(MAX_POINTS)
+        self._breaks = _Thinned(MAX_BREAKS)
+        self._seq = 0  # arrival order: a restart's steps begin again at 0
+        self._broken: str | None = None  # the kind of the non-finite run under way, if any
+
+    def add(self, step: int, value: float) -> None:
+        self.last = (step, value)
+        kind = nonfinite_name(value)
+        if kind is None:
+            self._finite.add((self._seq, step, value))
+        elif kind != self._broken:  # a new run of non-finite values (or NaN turned to inf)
+            self._breaks.add((self._seq, step, value))
+        self._broken = kind
+        self._seq += 1
+
     def shown(self) -> list[tuple[int, float]]:
-        """The kept points, ending with the newest."""
-        if self.last is not None and (not self.points or self.points[-1] != self.last):
-            return [*self.points, self.last]
-        return self.points
+        """The kept points in the order they were logged, ending with the newest."""
+        kept = sorted(self._finite.items + self._breaks.items)
+        if self.last is not None and (not kept or kept[-1][0] != self._seq - 1):
+            return [*((s, v) for _, s, v in kept), self.last]
+        return [(s, v) for _, s, v in kept]
 
 
 @dataclass
