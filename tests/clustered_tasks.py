@@ -49,13 +49,13 @@ def flaky(steps: int = 3, fail_rank: int = 1, fail_after_s: float = 2.0) -> int:
 
 
 @env.task
-def paced(steps: int = 40, interval_s: float = 0.1, wait_open: bool = True) -> int:
-    return tasks.paced(steps, interval_s, wait_open)
+def paced(steps: int = 40, interval_s: float = 0.1, wait_open: bool = True, diverge: bool = False) -> int:
+    return tasks.paced(steps, interval_s, wait_open, diverge)
 
 
 @env.task(report=True)
-def paced_report(steps: int = 40, interval_s: float = 0.1, wait_open: bool = True) -> int:
-    return tasks.paced(steps, interval_s, wait_open)
+def paced_report(steps: int = 40, interval_s: float = 0.1, wait_open: bool = True, diverge: bool = False) -> int:
+    return tasks.paced(steps, interval_s, wait_open, diverge)
 
 
 @env.task

@@ -111,11 +111,12 @@ def burst(rows: int = 200, first_step: int = 100, pause_s: float = 0.0) -> int:
     return rows
 
 
-def paced(steps: int = 40, interval_s: float = 0.1, wait_open: bool = True) -> int:
+def paced(steps: int = 40, interval_s: float = 0.1, wait_open: bool = True, diverge: bool = False) -> int:
     """Log `steps` rows `interval_s` apart; after each, note its step and wall time in the facts
     directory (one `step time` line per row in `rank-<r>.steps`), so a test knows when each row was
     logged. With `wait_open`, waits for the run to open first (reading W&B's page for it, recorded
     in the facts); else the rows are queued until it opens. Records the facts at the end.
+    With `diverge`, each row also holds a `loss` that is not finite where `diverging_loss` says.
     """
     info = get_distributed_info()
     rank = info["rank"] if info else 0
@@ -125,10 +126,28 @@ def paced(steps: int = 40, interval_s: float = 0.1, wait_open: bool = True) -> i
     if run is not None and wait_open and not run.offline:
         urls = {"url": run.url, "project_url": run.project_url}
     for step in range(steps):
-        _log_row(run, rank, step, {"row": step, "rank": rank})
+        row: dict[str, float] = {"row": step, "rank": rank}
+        if diverge:
+            row["loss"] = diverging_loss(rank, step, steps)
+        _log_row(run, rank, step, row)
         time.sleep(interval_s)
     _record_facts(rank, run, info, **urls, returned_at=time.time())
     return steps
+
+
+NAN, INF = float("nan"), float("inf")
+
+
+def diverging_loss(rank: int, step: int, steps: int) -> float:
+    """A loss that rank 1 sees go NaN at steps 10-11 and at its last step and +inf at step 20, and
+    rank 3 sees go -inf at step 15; finite everywhere else."""
+    if rank == 1 and step in (10, 11, steps - 1):
+        return NAN
+    if rank == 1 and step == 20:
+        return INF
+    if rank == 3 and step == 15:
+        return -INF
+    return 1.0 / (step + 1) + rank / 100
 
 
 def load(

@@ -7,6 +7,9 @@ the job runs and once more at its end. The page is opened in a real headless bro
 
 from __future__ import annotations
 
+import json
+import math
+import re
 import subprocess
 import sys
 import time
@@ -21,8 +24,9 @@ from flyte_wandb_elastic import WandbOptions
 from flyte_wandb_elastic._persist import RunFilesCopier
 from flyte_wandb_elastic._report_html import COLORS, MAX_CHARTS, MAX_LINES, TABLE_ROWS, Row, render_tab
 from flyte_wandb_elastic._runfiles import read_run_file
-from flyte_wandb_elastic._stored_runs import MAX_POINTS, StoredRuns
-from tests.browser import CHROMIUM, color_counts
+from flyte_wandb_elastic._stored_runs import MAX_BREAKS, MAX_POINTS, Curve, StoredRuns
+from flyte_wandb_elastic._values import nonfinite_name
+from tests.browser import CHROMIUM, color_counts, rendered
 from tests.conftest import REPO, Launch, launch, launch_clustered, wandb_env
 from tests.servers import ENTITY, WandbServer
 
@@ -37,6 +41,8 @@ class _Page(HTMLParser):
         self.rows: list[list[str]] = []
         self.links: list[str] = []
         self.lines: dict[str, int] = {}
+        self.marks: list[tuple[str, str]] = []  # (metric, value) of each mark of a non-finite value
+        self.coordinates: list[str] = []  # every drawn path's `d` and every x, y attribute
         self._cell: list[str] | None = None
         self._chart = ""
 
@@ -50,8 +56,11 @@ class _Page(HTMLParser):
             self.links.append(a.get("href") or "")
         elif tag == "figure":
             self._chart = a.get("data-metric") or ""
-        elif tag == "polyline":
+        elif tag == "path" and a.get("class") == "fwe-line":
             self.lines[self._chart] = self.lines.get(self._chart, 0) + 1
+        elif tag == "g" and a.get("class") == "fwe-mark":
+            self.marks.append((self._chart, a.get("data-value") or ""))
+        self.coordinates += [a[k] or "" for k in ("d", "x", "y", "x1", "x2", "y1", "y2") if k in a]
 
     def handle_data(self, data: str) -> None:
         if self._cell is not None:
@@ -79,11 +88,14 @@ def parse(html: str) -> _Page:
 def test_stored_copies_are_read_incrementally_and_whole(tmp_path: Path) -> None:
     # a real offline run (written by wandb itself), copied by the real copier in three uneven
     # slices (each cut in the middle of a record), read after each copy
+    # (its loss goes NaN for steps 700-704, +inf at 1500 and -inf from 2998 on: each such run's
+    # first step must survive the thinning of the curve)
     script = (
         "import wandb\n"
         "run = wandb.init(project='p', id='inc', mode='offline')\n"
         "for i in range(3000):\n"
-        "    run.log({'loss': 1 / (i + 1), 'epoch': i // 100})\n"
+        "    loss = float('nan') if 700 <= i < 705 else float('inf') if i == 1500 else 1 / (i + 1)\n"
+        "    run.log({'loss': -float('inf') if i >= 2998 else loss, 'epoch': i // 100})\n"
         "run.finish()\n"
     )
     env = {"WANDB_DIR": str(tmp_path / "pod"), "WANDB_MODE": "offline", "PATH": str(Path(sys.executable).parent)}
@@ -107,11 +119,27 @@ def test_stored_copies_are_read_incrementally_and_whole(tmp_path: Path) -> None:
     assert counts[0] < counts[1] < counts[2] == len(truth.rows) == 3000
     assert stored.bytes_read == len(whole)  # every byte fetched once
     assert writer.run_id == "inc" and writer.exit_code == 0 and not writer.online and writer.starts == 1
-    assert writer.metrics == truth.last_metrics
+    assert writer.metrics == truth.last_metrics == {"loss": -math.inf, "epoch": 29}
     loss = writer.curves["loss"].shown()
-    assert MAX_POINTS <= len(loss) <= 2 * MAX_POINTS + 1
-    assert loss[0] == (0, 1.0) and loss[-1] == (2999, truth.rows[-1]["loss"])
+    assert MAX_POINTS <= len(loss) <= 2 * MAX_POINTS + 3
+    assert loss[0] == (0, 1.0) and loss[-1] == (2999, -math.inf)
     assert [s for s, _ in loss] == sorted(s for s, _ in loss)
+    # every run of non-finite values is kept by its first step (and only by it), marked as what it was
+    assert [(s, nonfinite_name(v)) for s, v in loss if not math.isfinite(v)] == [
+        (700, "NaN"), (1500, "Infinity"), (2998, "-Infinity"), (2999, "-Infinity")  # and the newest
+    ]  # fmt: skip
+
+
+def test_a_curve_keeps_a_bounded_number_of_divergences_spread_over_the_job() -> None:
+    curve = Curve()
+    for step in range(200_000):  # 2,000 runs of non-finite values, 3 steps each, every 100 steps
+        curve.add(step, math.nan if step % 100 < 3 else float(step))
+    shown = curve.shown()
+    breaks = [s for s, v in shown if math.isnan(v)]
+    assert MAX_BREAKS <= len(breaks) <= 2 * MAX_BREAKS
+    assert all(s % 100 == 0 for s in breaks)  # the first step of a run, never a later one
+    assert breaks[0] == 0 and breaks[-1] > 190_000  # spread over the whole job
+    assert len([v for _, v in shown if math.isfinite(v)]) <= 2 * MAX_POINTS + 1
 
 
 def test_the_tab_stays_bounded_for_a_thousand_runs() -> None:
@@ -155,7 +183,7 @@ def _launch(engine: str, tmp: Path, options: dict[str, Any], env: dict[str, str]
                     seen.append(text)
             time.sleep(0.2)
 
-    inputs = {"steps": STEPS, "interval_s": 0.1}
+    inputs = {"steps": STEPS, "interval_s": 0.1, "diverge": True}  # rank 1's loss goes NaN and inf
     base = str(tmp / "storage")
     if engine == "elastic":
         config = {"nnodes": 2, "nproc_per_node": 2, "report": True, **options}
@@ -189,13 +217,71 @@ def test_a_job_writes_its_tab_live_and_final(tmp_path: Path, server: WandbServer
     assert len(table) == 4 and sorted(r["ranks"] for r in table) == ["0", "1", "2", "3"]
     assert all(r["steps"] == str(STEPS) and r["state"] == "finished" for r in table), table
     assert all(f"row={STEPS - 1}" in r["metrics"] for r in table)
-    assert page.lines == {"rank": 4, "row": 4}  # a chart per metric, a line per writer
+    assert page.lines == {"loss": 4, "rank": 4, "row": 4}  # a chart per metric, a line per writer
+    _assert_divergence_shown(final, table, tmp_path)
+    if not online:  # `inspect` reads the stored run files back: strict JSON, the NaN named as W&B does
+        inspect = [sys.executable, "-m", "flyte_wandb_elastic", "inspect", str(tmp_path / "storage")]
+        runs = json.loads(_run(*inspect, "--json"), parse_constant=_not_json)
+        last = {run["last_metrics"]["rank"]: run["last_metrics"]["loss"] for run in runs}
+        assert last[1] == "NaN" and isinstance(last[3], float) and len(runs) == 4
+        [rank_1] = [line for line in _run(*inspect).splitlines() if "rank=1" in line]
+        assert "loss=NaN" in rank_1
     if online:  # the link is the page W&B itself gives for the run
         urls = {facts["url"] for facts in job.facts.values()}
         assert set(page.links) == urls and len(urls) == 1  # one shared run
     else:
         assert all("python -m flyte_wandb_elastic sync " in r["wandb"] for r in table)
     assert "shared / global" in final if online else "new / global" in final  # the layout picture
+
+
+def _run(*command: str) -> str:
+    return subprocess.run(command, capture_output=True, text=True, check=True).stdout
+
+
+def _not_json(constant: str) -> None:
+    raise AssertionError(f"{constant} is not JSON")
+
+
+def _assert_divergence_shown(final: str, table: list[dict[str, str]], tmp: Path) -> None:
+    """The final tab of a `paced(diverge=True)` job: every writer's loss drawn, each non-finite
+    value marked where it was logged (see `tasks.diverging_loss`), in the HTML and in a browser."""
+    page = parse(final)
+    assert all(re.fullmatch(r"[-0-9., MLh]*", c) for c in page.coordinates), page.coordinates  # no nan, no inf
+    assert sorted(v for metric, v in page.marks if metric == "loss") == ["-Infinity", "Infinity", "NaN", "NaN"]
+    assert [m for m in page.marks if m[0] != "loss"] == []  # one writer's NaN touches nothing else
+    by_rank = {r["ranks"]: r for r in table}
+    assert "loss=NaN" in by_rank["1"]["metrics"] and "loss=0.0" in by_rank["3"]["metrics"]
+    if CHROMIUM is None:
+        return
+    loss = rendered(final, tmp)["charts"]["loss"]
+    names = {rank: r["run"] + (f" ({r['label']})" if r["label"] != "-" else "") for rank, r in by_rank.items()}
+    assert sorted(line["name"] for line in loss["lines"]) == sorted(names.values())
+    assert all(line["length"] > 100 and line["height"] > 10 for line in loss["lines"]), loss["lines"]
+    assert sorted((m["title"], m["label"]) for m in loss["marks"]) == sorted([
+        (f"{names['1']}: loss = NaN at step 10", "NaN"),
+        (f"{names['1']}: loss = Infinity at step 20", "+inf"),
+        (f"{names['1']}: loss = NaN at step {STEPS - 1}", "NaN"),
+        (f"{names['3']}: loss = -Infinity at step 15", "-inf"),
+    ])  # fmt: skip
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (.ci/run installs it)")
+def test_names_with_html_quotes_and_non_ascii_stay_inert_and_readable(tmp_path: Path) -> None:
+    metric = """<img src=x onerror="document.title='XSS'">"""
+    quoted, unusual = 'naïve "loss" ✓', "a&b <i>'"
+    label = '<script>document.title="XSS"</script> écart'
+    curves = {metric: [(0, 1.0), (1, 2.0)], quoted: [(0, 1.0), (1, math.nan), (2, 0.5)], unusual: [(0, math.inf)]}
+    rows = [Row("run-1", label=label, ranks=[0], rows=3, metrics={metric: 2.0, quoted: 0.5}, curves=curves)]
+    shown = rendered(render_tab(rows, "layout <b>bold</b>", 'status "quoted"'), tmp_path)
+    assert shown["title"] == ""  # nothing ran
+    assert shown["cells"][:2] == ["run-1", label]
+    assert shown["cells"][4] == f"{metric}=2, {quoted}=0.5"
+    assert {name: chart["caption"] for name, chart in shown["charts"].items()} == {m: m for m in curves}
+    assert [m["title"] for m in shown["charts"][quoted]["marks"]] == [f"run-1 ({label}): {quoted} = NaN at step 1"]
+    # a metric that never had a finite value: no line, its mark, and a chart that says so
+    only_inf = shown["charts"][unusual]
+    assert only_inf["lines"] == [] and [m["label"] for m in only_inf["marks"]] == ["+inf"]
+    assert "no finite value" in only_inf["text"]
 
 
 @pytest.mark.launch
