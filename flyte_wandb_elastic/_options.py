@@ -39,6 +39,7 @@ _JSON_FIELDS = frozenset(
         "blocking_init",
         "finish_timeout",
         "persist_interval",
+        "max_run_creations_per_s",
     }
 )
 # `wandb.init` arguments that the options own; `init_kwargs` must not repeat them.
@@ -97,6 +98,10 @@ class WandbOptions:
             Each copy sends only what was written since the one before.
         persist_to: Where the copies go: a storage URI or directory (`s3://bucket/wandb`). Default:
             `wandb/` under the Flyte run's base directory (`flyte.ctx().run_base_dir`).
+        max_run_creations_per_s: The most W&B runs (or shared-run writers) the whole job opens a
+            second (default 80, W&B's documented default rate for a project): the ranks that open
+            one take rank-ordered slots, training meanwhile, and `init_timeout` counts from a
+            rank's slot.
     """
 
     project: str | None = None
@@ -120,6 +125,7 @@ class WandbOptions:
     finish_timeout: float | None = None
     persist_interval: float | None = None
     persist_to: str | None = None
+    max_run_creations_per_s: float | None = None
 
     def __post_init__(self) -> None:
         if self.blocking_init is not None and not isinstance(self.blocking_init, bool):
@@ -131,6 +137,13 @@ class WandbOptions:
                 isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 3600
             ):
                 raise invalid(name, value, "a number of seconds between 0 and 3600 (exclusive), or None")
+        rate = self.max_run_creations_per_s
+        if rate is not None and (
+            isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 < rate <= 100_000
+        ):
+            raise invalid(
+                "max_run_creations_per_s", rate, "a number of runs a second above 0 and at most 100000, or None"
+            )
         _check_choice("run_mode", self.run_mode, RUN_MODES)
         _check_choice("rank_scope", self.rank_scope, RANK_SCOPES)
         _check_choice("mode", self.mode, MODES)
