@@ -8,13 +8,13 @@ the task's `env_vars` (what Flyte gives the pods), never to the serializing proc
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
 from ._options import PARENT_RUN_KEY, RankScope, RunMode, WandbOptions, from_context
-from ._planner import plan_rank
+from ._planner import RankPlan, plan_rank
 from ._sweep_options import SWEEP_ID_KEY, WandbSweepOptions, sweep_from_context
 from ._topology import Topology
 from ._wandb_host import PUBLIC_APP_URL, SERVER_ENV, wandb_server
@@ -22,10 +22,28 @@ from ._wandb_host import PUBLIC_APP_URL, SERVER_ENV, wandb_server
 DEFAULT_HOST = PUBLIC_APP_URL
 _ICON = "https://wandb.ai/favicon.ico"
 
+MAX_LINKS = 20
+"""The most W&B console links `links_for` gives a task, at any size."""
+
 
 def _part(value: str) -> str:
     # Keep Flyte's `{{.runName}}` templates intact for the backend to substitute.
     return quote(value, safe="{}.-_~")
+
+
+def _plans_of_every_rank(
+    options: WandbOptions,
+    max_nodes: int,
+    nproc_per_node: int,
+    run_name: str,
+    action_name: str,
+    context: Mapping[str, str],
+) -> Iterator[RankPlan]:
+    """The planner's plan for every rank of a job on `max_nodes` nodes (what the pods will open)."""
+    parent_run_id = (context or {}).get(PARENT_RUN_KEY)
+    for rank in range(max_nodes * nproc_per_node):
+        topology = Topology.in_job(rank, max_nodes, nproc_per_node)
+        yield plan_rank(options, topology, run_name, action_name, max_nodes, parent_run_id)
 
 
 def server_env(env_vars: Mapping[str, str] | None) -> dict[str, str]:
@@ -62,6 +80,8 @@ class Wandb:
         node: For per-node runs (`rank_scope="worker"` on several nodes), the node linked to.
         icon_uri: The link's icon.
         env: The W&B server variables of the task's `env_vars` (see `server_env`).
+        every_node: Link to the page that lists the runs of every node instead of one node's
+            (for a task with too many nodes for a link each): see `get_link`.
     """
 
     host: str = DEFAULT_HOST
@@ -79,6 +99,7 @@ class Wandb:
     node: int = 0
     icon_uri: str | None = _ICON
     env: dict[str, str] = field(default_factory=dict)
+    every_node: bool = False
 
     def __post_init__(self) -> None:
         self.declared()  # invalid fields fail here, where the link is written
@@ -112,6 +133,11 @@ class Wandb:
     ) -> str:
         """The URL of this scope's run (auto, shared) or group of rank runs (new).
 
+        With `every_node`, the page that lists the runs of every node the task may run on: the
+        page of their group where the planner gives all of them one (a `group` of yours, in every
+        mode), else the project's page (W&B's `run.project_url`), which lists them among the
+        project's other runs.
+
         Without a known entity and project the URL is the W&B home page (or the entity's page),
         which always exists; set `entity` and `project` on `WandbElastic` or in `wandb_config`.
         """
@@ -121,6 +147,12 @@ class Wandb:
             return f"{host}/home"
         if not options.project:
             return f"{host}/{_part(options.entity)}"
+        page = f"{host}/{_part(options.entity)}/{_part(options.project)}"
+        if self.every_node:
+            plans = _plans_of_every_rank(options, self.max_nodes, self.nproc_per_node, run_name, action_name, context)
+            groups = {plan.group for plan in plans if plan.opens_run}
+            group = groups.pop() if len(groups) == 1 else None
+            return f"{page}/groups/{_part(group)}" if group else page
         max_nodes, nproc_per_node, node = self.max_nodes, self.nproc_per_node, self.node
         if self._worker_index is not None:  # upstream's link to one node of a multi-node task
             node, max_nodes = self._worker_index, max(max_nodes, self._worker_index + 1, 2)
@@ -131,7 +163,6 @@ class Wandb:
         node = node if options.rank_scope == "worker" else 0
         topology = Topology.in_job(node * nproc_per_node, max_nodes, nproc_per_node)
         plan = plan_rank(options, topology, run_name, action_name, max_nodes, (context or {}).get(PARENT_RUN_KEY))
-        page = f"{host}/{_part(options.entity)}/{_part(options.project)}"
         if options.run_mode == "new" and plan.group:
             return f"{page}/groups/{_part(plan.group)}"
         return f"{page}/runs/{_part(plan.run_id or '')}"
@@ -205,18 +236,21 @@ def links_for(
     nproc_per_node: int,
     env_vars: Mapping[str, str] | None = None,
 ) -> tuple[Wandb, ...]:
-    """The console links of a task: one per run scope that is sure to exist.
+    """The console links of a task: one per run scope that is sure to exist, at most `MAX_LINKS`.
 
     With `rank_scope="worker"` on several nodes there is one link per node. For an elastic
     `nnodes="MIN:MAX"`, only nodes `0..MIN-1` are sure to join, so only they get a link: a link
-    to a node that never joined would lead nowhere. `rank_scope` set only in the run context is
+    to a node that never joined would lead nowhere. Where that is more than `MAX_LINKS` nodes, the
+    first `MAX_LINKS - 1` nodes keep theirs and one more link leads to the page that lists the
+    runs of every node (see `Wandb.get_link`). `rank_scope` set only in the run context is
     not known here (links are fixed when the task is declared); declare it on `WandbElastic` to
     get per-node links. `env_vars` are the task's: where they set `WANDB_BASE_URL`, the pods log
     there, and so the links name it.
     """
     env = server_env(env_vars)
     if options.rank_scope == "worker" and max_nodes > 1:
-        return tuple(
+        linked = min_nodes if min_nodes <= MAX_LINKS else MAX_LINKS - 1
+        per_node = tuple(
             Wandb(
                 options=options,
                 max_nodes=max_nodes,
@@ -225,6 +259,17 @@ def links_for(
                 name=f"Weights & Biases Worker {i}",
                 env=env,
             )
-            for i in range(min_nodes)
+            for i in range(linked)
         )
+        if linked == min_nodes:
+            return per_node
+        every_node = Wandb(
+            options=options,
+            max_nodes=max_nodes,
+            nproc_per_node=nproc_per_node,
+            name="Weights & Biases All Workers",
+            env=env,
+            every_node=True,
+        )
+        return (*per_node, every_node)
     return (Wandb(options=options, max_nodes=max_nodes, nproc_per_node=nproc_per_node, env=env),)

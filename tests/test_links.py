@@ -19,7 +19,10 @@ from flyte_wandb_elastic import (
     wandb_init,
     wandb_sweep,
 )
+from flyte_wandb_elastic._links import MAX_LINKS, links_for
+from flyte_wandb_elastic._planner import plan_rank
 from flyte_wandb_elastic._sweep_options import SWEEP_ID_KEY
+from flyte_wandb_elastic._topology import Topology
 from flyte_wandb_elastic._wandb_host import WandbServer, wandb_server
 from tests.serialize import deploy_path_spec, links, run_path_spec
 from tests.tasks import make_task, train
@@ -290,3 +293,124 @@ def test_sweep_links_name_the_server() -> None:
     assert links(run_path_spec(sweep, context)) == [
         ("Weights & Biases Sweep", "https://ctx.example.com/team/proj/sweeps")
     ]
+
+
+# -- at scale: at most MAX_LINKS links, and every run on a page they lead to ----------------------
+
+NODES, NPROC = 1024, 8
+ALL = "Weights & Biases All Workers"
+# Declaring a job this large may also warn that it exceeds W&B's limits: not what these tests check.
+at_scale = pytest.mark.filterwarnings("ignore::UserWarning")
+
+
+def per_node_links(run_mode: str, nodes: range, host: str = H) -> list[tuple[str, str]]:
+    page = "groups" if run_mode == "new" else "runs"
+    return [(f"{W} Worker {i}", f"{host}/{page}/{B}-worker-{i}") for i in nodes]
+
+
+def big_task(**config: Any) -> Any:
+    return make_task(nnodes=config.pop("nnodes", NODES), nproc_per_node=NPROC, entity="team", project="proj", **config)
+
+
+def quoted(group: str) -> str:
+    return group.replace(" ", "%20")
+
+
+def planned_runs(options: WandbOptions, nodes: int, nproc: int) -> dict[str, tuple[int, str | None]]:
+    """Run id -> (the first node that writes it, its group), for every rank of the job, by the planner."""
+    runs: dict[str, tuple[int, str | None]] = {}
+    for rank in range(nodes * nproc):
+        plan = plan_rank(options, Topology.in_job(rank, nodes, nproc), "{{.runName}}", "{{.actionName}}", nodes)
+        if plan.opens_run and plan.run_id:
+            runs.setdefault(plan.run_id, (rank // nproc, plan.group))
+    return runs
+
+
+@at_scale
+@pytest.mark.parametrize("group", [None, "exp a"])
+@pytest.mark.parametrize(("run_mode", "rank_scope"), list(TWO_NODES))
+def test_at_1024_nodes_every_run_is_two_clicks_away(run_mode: str, rank_scope: str, group: str | None) -> None:
+    t = big_task(run_mode=run_mode, rank_scope=rank_scope, group=group)
+    got = links(run_path_spec(t, {}))
+    assert len(got) <= MAX_LINKS
+    uris = {uri for _, uri in got}
+    runs = planned_runs(WandbOptions(run_mode=run_mode, rank_scope=rank_scope, group=group), NODES, NPROC)
+    expected_runs = NODES * NPROC if run_mode == "new" else NODES if rank_scope == "worker" else 1
+    assert len(runs) == expected_runs
+    # a run is two clicks away where a link leads to its own page or to its group's page
+    on_a_linked_page = {
+        run_id
+        for run_id, (_, run_group) in runs.items()
+        if f"{H}/runs/{run_id}" in uris or (run_group and f"{H}/groups/{quoted(run_group)}" in uris)
+    }
+    if rank_scope == "worker" and not group:
+        # Per-node runs with no group in common: no W&B page lists exactly this task's runs. The
+        # first 19 nodes keep their links; the last link is the project's page, which lists the
+        # others among the project's runs (found there by their id, `{base}-worker-{node}`).
+        assert on_a_linked_page == {r for r, (node, _) in runs.items() if node < MAX_LINKS - 1}
+        assert got[-1] == (ALL, H)
+    else:
+        assert on_a_linked_page == set(runs)
+
+
+@at_scale
+@pytest.mark.parametrize("run_mode", ["auto", "shared", "new"])
+def test_at_1024_nodes_the_first_nodes_keep_their_links(run_mode: str) -> None:
+    t = big_task(run_mode=run_mode, rank_scope="worker")
+    for spec in (run_path_spec(t, {}), deploy_path_spec(t)):
+        assert links(spec) == [*per_node_links(run_mode, range(MAX_LINKS - 1)), (ALL, H)]
+    # a group given in the run context is every run's: the last link is its page (in `new` mode, as
+    # below the cap, it is every node's group too)
+    group_page = (ALL, f"{H}/groups/exp%20a")
+    first = per_node_links(run_mode, range(MAX_LINKS - 1))
+    if run_mode == "new":
+        first = [(name, group_page[1]) for name, _ in first]
+    assert links(run_path_spec(t, wandb_config(group="exp a"))) == [*first, group_page]
+
+
+@at_scale
+@pytest.mark.parametrize("run_mode", ["auto", "shared", "new"])
+def test_below_the_cap_one_link_per_node_as_before(run_mode: str) -> None:
+    for nnodes in (MAX_LINKS, f"{MAX_LINKS}:{NODES}"):
+        t = big_task(nnodes=nnodes, run_mode=run_mode, rank_scope="worker")
+        assert links(run_path_spec(t, {})) == per_node_links(run_mode, range(MAX_LINKS))
+    # one node more, sure to join: the cap applies
+    t = big_task(nnodes=f"{MAX_LINKS + 1}:{NODES}", run_mode=run_mode, rank_scope="worker")
+    assert links(run_path_spec(t, {})) == [*per_node_links(run_mode, range(MAX_LINKS - 1)), (ALL, H)]
+
+
+@at_scale
+def test_the_links_do_not_grow_with_the_job() -> None:
+    def log_links(nnodes: int) -> bytes:
+        t = big_task(nnodes=nnodes, run_mode="new", rank_scope="worker")
+        return b"".join(log.SerializeToString() for log in run_path_spec(t, {}).task_template.metadata.log_links)
+
+    assert log_links(NODES) == log_links(MAX_LINKS + 1)
+
+
+@at_scale
+def test_a_clustered_job_of_1024_nodes_gets_the_same_links() -> None:
+    env = WandbClusteredTaskEnvironment(
+        name="links_at_scale",
+        replicas=NODES,
+        nproc_per_node=NPROC,
+        wandb=WandbOptions(entity="team", project="proj", rank_scope="worker"),
+    )
+    assert links(run_path_spec(env.task(train), {})) == [*per_node_links("auto", range(MAX_LINKS - 1)), (ALL, H)]
+
+
+def test_capped_links_are_wandbs_own_pages(monkeypatch: pytest.MonkeyPatch) -> None:
+    # With the templates filled in: the run pages and the project page as W&B itself names them.
+    import wandb
+
+    for key in [k for k in os.environ if k.startswith("WANDB_")]:
+        monkeypatch.delenv(key)
+    declared = WandbOptions(entity="team", project="proj", rank_scope="worker")
+    capped = links_for(declared, NODES, NODES, NPROC, AT_SELF_HOSTED)
+    got = [link.get_link("r1", "proj", "dev", {}, "", "a0", "") for link in capped]
+
+    def wandb_page(run_id: str | None = None) -> wandb.Settings:
+        return wandb.Settings(base_url=SELF_HOSTED, entity="team", project="proj", run_id=run_id)
+
+    assert got[:-1] == [wandb_page(run_id=f"r1-a0-worker-{i}").run_url for i in range(MAX_LINKS - 1)]
+    assert got[-1] == wandb_page().project_url
