@@ -19,10 +19,11 @@ from flyte.extend import TaskPluginRegistry
 
 from ._config import check_api_key_fields
 from ._hooks import RankHooks
-from ._job_end import first_failure
+from ._job_end import JobEnd
 from ._options import WandbOptions, invalid
 from ._task_spec import node_shares_a_service, with_api_key, with_wandb_links
 from ._topology import Topology
+from ._wandb_limits import warn_at_declaration
 
 
 @dataclass(frozen=True, eq=False)
@@ -78,6 +79,10 @@ class WandbClusteredTaskEnvironment(ClusteredTaskEnvironment):
             `WANDB_API_KEY`.
         api_key_secret_group: Its group, for stores that use one.
 
+    Warns:
+        WandbLimitWarning: The declared layout, online on `replicas` x `nproc_per_node` ranks,
+            would exceed one of W&B's documented limits (see the scale page of the docs).
+
     Raises:
         ValueError: A field is invalid; the message names the field, the value and what is allowed.
     """
@@ -102,6 +107,8 @@ class WandbClusteredTaskEnvironment(ClusteredTaskEnvironment):
             api_key_secret=self.api_key_secret,
             api_key_secret_group=self.api_key_secret_group,
         )
+        fields = {"replicas": self.replicas, "nproc_per_node": self.nproc_per_node}
+        warn_at_declaration(self.wandb, type(self).__name__, fields, self.replicas, self.nproc_per_node, self.env_vars)
 
 
 @dataclass(kw_only=True)
@@ -144,7 +151,8 @@ def upload_peer_failure(output_path: str | None) -> None:
     JobSet restarts (written only once the restart budget looks used up).
     """
     topology = Topology.from_env(os.environ)
-    failure = first_failure(topology) if topology.rank == 0 and output_path else None
+    # a connection of its own: the rank's may be inside a wait in the main thread
+    failure = JobEnd(topology).first_failure() if topology.rank == 0 and output_path else None
     if failure is None or failure["rank"] == 0:
         return
     from flyte._internal.runtime.io import upload_error
@@ -162,12 +170,15 @@ def upload_peer_failure(output_path: str | None) -> None:
 def with_wandb(config: _ClusteredPlugin, options: WandbOptions) -> WandbClusteredPlugin:
     """A clustered task's plugin config with `options` over the W&B options it already declares."""
     declared = config.wandb if isinstance(config, WandbClusteredPlugin) else WandbOptions()
-    return WandbClusteredPlugin(
+    plugin = WandbClusteredPlugin(
         settings=config.settings,
         wandb=options.filled_from(declared),
         api_key_secret=getattr(config, "api_key_secret", None),
         api_key_secret_group=getattr(config, "api_key_secret_group", None),
     )
+    fields = {"replicas": plugin.replicas, "nproc_per_node": plugin.nproc_per_node}
+    warn_at_declaration(plugin.wandb, "@wandb_init on a clustered task", fields, plugin.replicas, plugin.nproc_per_node)
+    return plugin
 
 
 TaskPluginRegistry.register(config_type=WandbClusteredPlugin, plugin=WandbClusteredTask)

@@ -23,13 +23,13 @@ import flyte
 
 from ._after_import import after_import
 from ._deadline import COPY_SHARE, DEFAULT_FINISH_TIMEOUT_S, FINISH_SHARE, INIT_SHARE, REPORT_SHARE, run_within
-from ._job_end import report_failure, report_return, report_start
+from ._job_end import JobEnd
 from ._node_service import first_rank_service, join_node_service
 from ._options import PARENT_RUN_KEY, WandbOptions
 from ._persist import DEFAULT_PERSIST_INTERVAL_S, SLOW_COPY_S, RunFilesCopier
-from ._planner import RankPlan, plan_rank, run_files_prefix, system_metrics
+from ._planner import RankPlan, creation_slot, plan_rank, run_files_prefix, system_metrics
 from ._queued import QueuedCalls
-from ._rank_run import RankRun, logger, service_lost
+from ._rank_run import CreationSlot, RankRun, logger, service_lost
 from ._report import ReportTab, action_prefix
 from ._runfiles import local_wandb_dir
 from ._shutdown import STOP_EXIT_CODE, FinishOnce, Stopped, finish_on_stop
@@ -96,29 +96,30 @@ class RankHooks:
         """
         ctx = flyte.ctx() or None  # outside a task, flyte.ctx() is a falsy stand-in
         topology = Topology.from_env(os.environ)
-        report_start(topology)
+        job = JobEnd(topology)
+        job.start()
         run, rank_run, end = self.pre_execute(ctx, topology)
         if rank_run is None:  # no run, or the parent's: nothing to finish here
             try:
                 with self._published(ctx, run):
                     yield run
             except BaseException as exc:
-                _record_failure(exc, topology)
+                _record_failure(exc, job)
                 raise
-            report_return(topology, wait=False)
+            job.returned(wait=False)
             return
         finish = FinishOnce(functools.partial(_finish, rank_run, run, end))
         error: BaseException | None = None
         with self._published(ctx, run), finish_on_stop(finish, interrupt, on_stopped) as finishing:
             try:
                 yield run
-                report_return(topology, wait=True)  # success only once every rank has returned
+                job.returned(wait=True)  # success only once every rank has returned
             except BaseException as exc:
                 error = exc
                 raise
             finally:
                 finishing()
-                self.post_execute(finish, error, topology)
+                self.post_execute(finish, error, job)
         rank_run.raise_if_failed()  # on_init_failure="raise": the rank fails, if nothing else did
 
     def pre_execute(self, ctx: Any, topology: Topology) -> tuple[Any, RankRun | None, RankEnd]:
@@ -194,7 +195,9 @@ class RankHooks:
                 first_rank_service() if start_node_service else join_node_service()
             from . import _wandb_run
 
-            run = _wandb_run.open_run(plan, options, meta, resuming or again, stats, copy_prefix, fresh_service=again)
+            run = _wandb_run.open_run(
+                plan, options, meta, resuming or again, stats, copy_prefix, fresh_service=again, slot=rank_run.slot
+            )
             if rank_run.abandoned:  # the rank's end ran out of time while it opened: the exit must not wait
                 _wandb_run.kill_own_services()
                 return run
@@ -210,7 +213,8 @@ class RankHooks:
         known = {"id": plan.run_id, "group": plan.group, "project": options.project, "entity": options.entity}
         if background and plan.run_id is not None and (options.mode or os.environ.get("WANDB_MODE")) != "disabled":
             end.keep_queued(options, plan, meta, copy_prefix, interval)
-        rank_run = RankRun(opener, {**known, "name": options.name}, end.queued)
+        slot = CreationSlot(creation_slot(options, plan), end.by(INIT_SHARE))  # W&B's rate of run creations
+        rank_run = RankRun(opener, {**known, "name": options.name}, end.queued, slot)
         if not background:
             rank_run.open()
             run = rank_run.wandb_run()  # a plain wandb.Run; raises when opening failed
@@ -224,7 +228,7 @@ class RankHooks:
         rank_run.start()
         return rank_run, rank_run, end
 
-    def post_execute(self, finish: FinishOnce, error: BaseException | None, topology: Topology) -> None:
+    def post_execute(self, finish: FinishOnce, error: BaseException | None, job: JobEnd) -> None:
         """Finish the run: exit code 0, 1 when the function raised, 143 when the rank was stopped.
 
         The error is recorded in the run summary (`flyte_error`), where torch elastic reads it (so
@@ -233,7 +237,7 @@ class RankHooks:
         if error is None:
             finish(0, None)
             return
-        _record_failure(error, topology)
+        _record_failure(error, job)
         exit_code = STOP_EXIT_CODE if isinstance(error, Stopped) else 1
         finish(exit_code, f"{type(error).__name__}: {error}")
 
@@ -368,12 +372,12 @@ def _gpus_visible() -> bool:
     return bool(torch is not None and torch.cuda.is_available())
 
 
-def _record_failure(error: BaseException, topology: Topology) -> None:
+def _record_failure(error: BaseException, job: JobEnd) -> None:
     """Write the rank's error where torch elastic reads it (so the task fails with this message)
     and, when it is the job's first failure, where rank 0 finds it (see `_job_end`)."""
     if not isinstance(error, Exception):  # stopped, not failed
         return
-    report_failure(topology, error)
+    job.failed(error)
     if "TORCHELASTIC_ERROR_FILE" in os.environ:
         from torch.distributed.elastic.multiprocessing.errors import ErrorHandler
 
