@@ -2,10 +2,12 @@
 
 `plan_rank` is pure: the runtime hooks call it with the real topology of a worker, and the
 console links call it with the topology of each node's first rank, so links and runs agree.
+`creation_slot` says, as purely, when a rank that opens a run may ask W&B to create it.
 """
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +26,9 @@ class RankPlan:
         label: This writer's label in a shared run (`None` outside shared mode).
         primary: Whether this rank owns the run: it writes the run's system facts and sets the
             run's final state. Non-primary writers of a shared run leave the state alone.
+        creation_order: This rank's place, in rank order, among the job's ranks that call
+            `wandb.init` (0 for the first): the order of their creation slots (`creation_slot`).
+            In shared mode every writer counts, as each `wandb.init` is a creation request.
     """
 
     opens_run: bool
@@ -31,6 +36,7 @@ class RankPlan:
     group: str | None = None
     label: str | None = None
     primary: bool = False
+    creation_order: int = 0
 
 
 NO_RUN = RankPlan(opens_run=False)
@@ -59,6 +65,9 @@ def plan_rank(
     | shared / worker | every rank (primary: local 0) | base-worker-{node} | - | rank-{r} |
     | new / global | every rank | base-rank-{r} | base | - |
     | new / worker | every rank | base-worker-{node}-rank-{local} | base-worker-{node} | - |
+
+    The creation order of an opening rank is its node's index where one rank per node opens
+    (`auto` / `worker`), else its global rank.
 
     For a job declared on one node (and in a lone process), `-worker-{node}` is dropped and
     new/worker uses `base-rank-{r}`; for a multi-node job, shared labels are
@@ -98,14 +107,56 @@ def plan_rank(
     if run_mode == "auto":
         if not scope_primary:
             return NO_RUN
-        return RankPlan(opens_run=True, run_id=scope_id, group=group, primary=True)
+        order = topology.node_rank if per_node else 0
+        return RankPlan(opens_run=True, run_id=scope_id, group=group, primary=True, creation_order=order)
 
     if run_mode == "shared":
         label = f"worker-{topology.node_rank}-rank-{topology.local_rank}" if multi_node else f"rank-{topology.rank}"
-        return RankPlan(opens_run=True, run_id=scope_id, group=group, label=label, primary=scope_primary)
+        return RankPlan(
+            opens_run=True,
+            run_id=scope_id,
+            group=group,
+            label=label,
+            primary=scope_primary,
+            creation_order=topology.rank,
+        )
 
     rank_suffix = f"-rank-{topology.local_rank}" if per_node else f"-rank-{topology.rank}"
-    return RankPlan(opens_run=True, run_id=scope_id + rank_suffix, group=group or scope_id, primary=True)
+    return RankPlan(
+        opens_run=True,
+        run_id=scope_id + rank_suffix,
+        group=group or scope_id,
+        primary=True,
+        creation_order=topology.rank,
+    )
+
+
+# W&B's documented default rate of run creations per project, for dedicated and self-managed
+# servers (docs.wandb.ai, "rate limits"); SaaS limits are per project, unpublished and higher.
+DEFAULT_RUN_CREATIONS_PER_S = 80.0
+
+
+def creation_slot(options: WandbOptions, plan: RankPlan) -> float:
+    """How long this rank's `wandb.init` waits before it asks W&B to create its run, in seconds.
+
+    The k-th rank to open a run (`plan.creation_order`) takes slot k of width 1 / r, where r is
+    `max_run_creations_per_s` (default 80), at a point within it that depends only on k and the
+    run id (a jitter, so that requests do not line up on the slots' edges). Counted from the same
+    moment, the job's ranks so ask for r creations a second on average: at most r in each whole
+    second (for a whole r), and never more than ceil(r) + 1 in any window of one second.
+    The first has slot 0: a job with a few runs sees no delay (2 x 2 ranks at 80 a second: under
+    50 ms). The ranks of a job start together, once torch elastic has formed the worker group,
+    and each counts its slot from when it is ready to call `wandb.init` (see `_rank_run.CreationSlot`).
+
+    Returns:
+        The slot, in seconds (0 for a rank that opens no run).
+    """
+    if not plan.opens_run or plan.creation_order <= 0:
+        return 0.0
+    rate = options.max_run_creations_per_s or DEFAULT_RUN_CREATIONS_PER_S
+    seed = hashlib.blake2b(f"{plan.run_id}/{plan.creation_order}".encode(), digest_size=8).digest()
+    within = int.from_bytes(seed, "big") / 2**64  # in [0, 1)
+    return (plan.creation_order + within) / rate
 
 
 def system_metrics(plan: RankPlan, topology: Topology, run_mode: str | None, gpus_visible: bool) -> dict[str, Any]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from flyte_wandb_elastic import WandbOptions
-from flyte_wandb_elastic._planner import RankPlan, base_run_id, plan_rank, system_metrics
+from flyte_wandb_elastic._planner import RankPlan, base_run_id, creation_slot, plan_rank, system_metrics
 from flyte_wandb_elastic._topology import Topology
 
 NO = RankPlan(opens_run=False)
@@ -28,38 +28,39 @@ def topo(rank: int, nodes: int, per_node: int = 2) -> Topology:
     )
 
 
-def run(run_id: str, group: str | None = None, label: str | None = None, primary: bool = True) -> RankPlan:
-    return RankPlan(opens_run=True, run_id=run_id, group=group, label=label, primary=primary)
+def run(run_id: str, group: str | None = None, label: str | None = None, primary: bool = True, k: int = 0) -> RankPlan:
+    return RankPlan(opens_run=True, run_id=run_id, group=group, label=label, primary=primary, creation_order=k)
 
 
-# (run_mode, rank_scope, nodes) -> the plan of each global rank
+# (run_mode, rank_scope, nodes) -> the plan of each global rank (k: its place among the job's run
+# creations, in rank order)
 TABLE = {
     ("auto", "global", 1): [run(B), NO],
     ("auto", "worker", 1): [run(B), NO],
-    ("shared", "global", 1): [run(B, label="rank-0"), run(B, label="rank-1", primary=False)],
-    ("shared", "worker", 1): [run(B, label="rank-0"), run(B, label="rank-1", primary=False)],
-    ("new", "global", 1): [run(f"{B}-rank-0", B), run(f"{B}-rank-1", B)],
-    ("new", "worker", 1): [run(f"{B}-rank-0", B), run(f"{B}-rank-1", B)],
+    ("shared", "global", 1): [run(B, label="rank-0"), run(B, label="rank-1", primary=False, k=1)],
+    ("shared", "worker", 1): [run(B, label="rank-0"), run(B, label="rank-1", primary=False, k=1)],
+    ("new", "global", 1): [run(f"{B}-rank-0", B), run(f"{B}-rank-1", B, k=1)],
+    ("new", "worker", 1): [run(f"{B}-rank-0", B), run(f"{B}-rank-1", B, k=1)],
     ("auto", "global", 2): [run(B), NO, NO, NO],
-    ("auto", "worker", 2): [run(f"{B}-worker-0"), NO, run(f"{B}-worker-1"), NO],
+    ("auto", "worker", 2): [run(f"{B}-worker-0"), NO, run(f"{B}-worker-1", k=1), NO],
     ("shared", "global", 2): [
         run(B, label="worker-0-rank-0"),
-        run(B, label="worker-0-rank-1", primary=False),
-        run(B, label="worker-1-rank-0", primary=False),
-        run(B, label="worker-1-rank-1", primary=False),
+        run(B, label="worker-0-rank-1", primary=False, k=1),
+        run(B, label="worker-1-rank-0", primary=False, k=2),
+        run(B, label="worker-1-rank-1", primary=False, k=3),
     ],
     ("shared", "worker", 2): [
         run(f"{B}-worker-0", label="worker-0-rank-0"),
-        run(f"{B}-worker-0", label="worker-0-rank-1", primary=False),
-        run(f"{B}-worker-1", label="worker-1-rank-0"),
-        run(f"{B}-worker-1", label="worker-1-rank-1", primary=False),
+        run(f"{B}-worker-0", label="worker-0-rank-1", primary=False, k=1),
+        run(f"{B}-worker-1", label="worker-1-rank-0", k=2),
+        run(f"{B}-worker-1", label="worker-1-rank-1", primary=False, k=3),
     ],
-    ("new", "global", 2): [run(f"{B}-rank-{r}", B) for r in range(4)],
+    ("new", "global", 2): [run(f"{B}-rank-{r}", B, k=r) for r in range(4)],
     ("new", "worker", 2): [
         run(f"{B}-worker-0-rank-0", f"{B}-worker-0"),
-        run(f"{B}-worker-0-rank-1", f"{B}-worker-0"),
-        run(f"{B}-worker-1-rank-0", f"{B}-worker-1"),
-        run(f"{B}-worker-1-rank-1", f"{B}-worker-1"),
+        run(f"{B}-worker-0-rank-1", f"{B}-worker-0", k=1),
+        run(f"{B}-worker-1-rank-0", f"{B}-worker-1", k=2),
+        run(f"{B}-worker-1-rank-1", f"{B}-worker-1", k=3),
     ],
 }
 
@@ -146,3 +147,52 @@ def test_ranks_of_one_node_do_not_report_the_same_metrics(run_mode: str, rank: i
 def test_no_metrics_settings_without_a_run_or_outside_a_job() -> None:
     assert system_metrics(NO, topo(1, 2), "auto", True) == {}
     assert system_metrics(run(B), Topology(), "new", True) == {}
+
+
+def slots(run_mode: str, rank_scope: str, nodes: int, per_node: int, rate: float | None = None) -> list[float]:
+    """Every rank's creation slot in a job of `nodes` x `per_node` ranks, in rank order."""
+    opts = WandbOptions(run_mode=run_mode, rank_scope=rank_scope, max_run_creations_per_s=rate)  # type: ignore[arg-type]
+    plans = [plan_rank(opts, Topology.in_job(r, nodes, per_node), "r1", "a0", nodes) for r in range(nodes * per_node)]
+    return [creation_slot(opts, p) for p in plans]
+
+
+@pytest.mark.parametrize(
+    ("run_mode", "rank_scope"), [(m, s) for m in ("auto", "shared", "new") for s in ("global", "worker")]
+)
+def test_a_small_job_opens_its_runs_at_once(run_mode: str, rank_scope: str) -> None:
+    job = slots(run_mode, rank_scope, 2, 2)
+    assert job[0] == 0.0  # the first opener never waits
+    assert max(job) < 0.05  # 2 x 2 at the default 80 a second
+
+
+def test_slot_k_lies_within_its_width_and_is_the_same_each_time() -> None:
+    job = slots("new", "global", 2, 4, rate=2)
+    assert job[0] == 0.0
+    for k, slot in enumerate(job[1:], start=1):
+        assert k / 2 <= slot < (k + 1) / 2, (k, slot)
+    assert job == slots("new", "global", 2, 4, rate=2)  # deterministic: links, benchmarks and pods agree
+    assert len(set(s - k / 2 for k, s in enumerate(job[1:], start=1))) == 7  # jittered within the slot
+
+
+def test_ranks_that_open_no_run_have_no_slot_and_one_run_per_node_is_paced_by_node() -> None:
+    job = slots("auto", "worker", 4, 2, rate=1)
+    assert job[1::2] == [0.0] * 4  # no run: nothing to wait for
+    assert [int(s) for s in job[0::2]] == [0, 1, 2, 3]  # node k's run: slot k
+    assert slots("auto", "global", 4, 2, rate=1) == [0.0] * 8
+
+
+@pytest.mark.parametrize(("run_mode", "rank_scope"), [("new", "global"), ("shared", "worker")])
+def test_at_1024_x_8_the_job_asks_for_at_most_80_creations_a_second(run_mode: str, rank_scope: str) -> None:
+    job = sorted(slots(run_mode, rank_scope, 1024, 8))
+    assert 8191 / 80 <= job[-1] < 8192 / 80  # every writer's init counts: 102 s for the last
+    per_second = [0] * (int(job[-1]) + 1)
+    for slot in job:
+        per_second[int(slot)] += 1
+    assert max(per_second) == 80  # each whole second from the start
+    start = 0
+    most = 0
+    for end, slot in enumerate(job):  # any window of one second
+        while slot - job[start] >= 1.0:
+            start += 1
+        most = max(most, end - start + 1)
+    assert most <= 81
