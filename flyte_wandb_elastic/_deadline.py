@@ -6,7 +6,9 @@ A rank's end, from the return of its function, takes at most `finish_timeout` se
 - a run still opening then (a server lost before or during `wandb.init`) is open, or its
   `wandb.init` has failed, by `INIT_SHARE` of it (`init_timeout`'s default counts from the start
   of `wandb.init`, before the return); the offline fallback then opens in a fresh service and takes
-  the queued rows before `FINISH_SHARE`;
+  the queued rows before `FINISH_SHARE`. A run still waiting for its creation slot (see
+  `_rank_run.CreationSlot`) opens online only where the slot leaves time for that before
+  `INIT_SHARE`, else offline at once;
 - W&B gets `WANDB_SHARE` of it to upload what is left (`wandb.Settings.finish_timeout`: past it,
   wandb-core stops trying and the rest stays in the run files);
 - the finish call itself is abandoned at `FINISH_SHARE` of it, should wandb not keep its own bound

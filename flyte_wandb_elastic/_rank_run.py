@@ -16,8 +16,12 @@ took but never wrote to the run file (up to one transaction-log flush interval) 
 first, where that can be told exactly: when every `log` since the run opened was a plain
 `log(data)` (one row each, no explicit `step` or `commit`).
 
+Run creations are paced: the run opens no earlier than the rank's creation slot (see
+`CreationSlot`), so that the job asks W&B for at most `max_run_creations_per_s` of them a second.
+
 Process: a rank's own process. The thread that opens the run is the only one that imports wandb
-here; the training thread never does unless the user's code does.
+here; the training thread never does unless the user's code does. (With `blocking_init=True`, the
+training thread opens the run itself, and so waits for the slot.)
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -40,6 +45,9 @@ REPLAY_CALLS = 100_000
 MAX_REOPENS = 3
 # How much lower than training the threads (and the W&B services they start) that open runs run.
 NICE_INCREMENT = 10
+# Less time than this left for `wandb.init` online, once the rank's end has begun: the run opens
+# offline at once instead (a start so short would most likely be cut, then fall back anyway).
+MIN_ONLINE_INIT_S = 2.0
 
 
 def lower_this_threads_priority() -> None:
@@ -61,6 +69,72 @@ def service_lost(error: BaseException) -> bool:
     return isinstance(error, OSError) or type(error).__name__ in lost
 
 
+class GivenUp(Exception):
+    """The rank's end gave its run up before the run's creation slot came."""
+
+
+class CreationSlot:
+    """How long this rank's `wandb.init` online waits, and how long the call may take then.
+
+    Every rank that opens a run has a creation slot (`_planner.creation_slot`): its `wandb.init`
+    waits that long, counted from when the rank is ready to call it (wandb imported, the node's W&B
+    service joined: about the same moment for every rank of a job), so that the job creates at
+    most `max_run_creations_per_s` runs a second. Training goes on meanwhile (its calls are
+    queued, and kept in a file). Once the rank's end has begun (`end_began`, at the return of its
+    function), the run must be open within `open_within_s`: a slot that comes too late for that
+    leaves the run to open offline at once, and one that comes in time gives `wandb.init` only
+    what is left.
+
+    Args:
+        delay_s: The slot, in seconds.
+        open_within_s: Seconds from the start of the rank's end by which its run must be open
+            (online, or else its offline fallback begun).
+    """
+
+    def __init__(self, delay_s: float = 0.0, open_within_s: float = float("inf")) -> None:
+        self.delay_s = max(0.0, delay_s)
+        self.at: float | None = None  # when the slot comes (`time.monotonic()`), from the first `wait`
+        self._open_within_s = open_within_s
+        self._end_by: float | None = None
+        self._given_up = False
+        self._changed = threading.Event()
+
+    def end_began(self) -> None:
+        """The rank's end has begun: its run must be open within `open_within_s` from now."""
+        if self._end_by is None:
+            self._end_by = time.monotonic() + self._open_within_s
+        self._changed.set()
+
+    def give_up(self) -> None:
+        """The rank's end gave its run up: a wait for the slot ends with `GivenUp`."""
+        self._given_up = True
+        self._changed.set()
+
+    def wait(self) -> float | None:
+        """Wait for the slot (or until the rank's end shows that it comes too late).
+
+        Returns:
+            `None` once the slot has come before the rank's end began (`wandb.init` takes as long
+            as its `init_timeout` allows, from now), else the seconds `wandb.init` may take from
+            now, 0 where the run must open offline at once.
+
+        Raises:
+            GivenUp: The rank's end gave the run up meanwhile.
+        """
+        if self.at is None:
+            self.at = time.monotonic() + self.delay_s
+        while True:
+            if self._given_up:
+                raise GivenUp("the rank's end gave its run up before its creation slot came")
+            now = time.monotonic()
+            if self._end_by is not None and self._end_by - max(now, self.at) < MIN_ONLINE_INIT_S:
+                return 0.0
+            if now >= self.at:
+                return None if self._end_by is None else self._end_by - now
+            self._changed.wait(self.at - now)
+            self._changed.clear()
+
+
 class RankRun:
     """A W&B run that may still be opening; forwards everything to the real run once it is open.
 
@@ -72,13 +146,20 @@ class RankRun:
         known: What is known before W&B answers (`id`, `group`, `project`, `entity`, `name`);
             a `None` value is asked of the run once it is open.
         queued: Where the `log` calls queued before the run first opens are kept meanwhile.
+        slot: When the opener may call `wandb.init` online (it waits for `slot.wait()`); told
+            when the rank's end begins (`finish_when_open`) and when the end gives the run up.
     """
 
     def __init__(
-        self, opener: Callable[[RankRun, bool], Any], known: dict[str, Any], queued: QueuedCalls | None = None
+        self,
+        opener: Callable[[RankRun, bool], Any],
+        known: dict[str, Any],
+        queued: QueuedCalls | None = None,
+        slot: CreationSlot | None = None,
     ) -> None:
         self._opener = opener
         self.queued = queued
+        self.slot = slot or CreationSlot()
         self._known = {key: value for key, value in known.items() if value is not None}
         self._lock = threading.Lock()
         self._queue: list[tuple[str, tuple[Any, ...], dict[str, Any]]] | None = []
@@ -267,6 +348,7 @@ class RankRun:
         with self._lock:
             self._lost = True
             dropped, self._queue = len(self._queue or ()), None
+        self.slot.give_up()
         self._opened.set()  # nothing waits for it any more
         return dropped
 
@@ -276,7 +358,12 @@ class RankRun:
         return self._lost
 
     def finish_when_open(self, finish: Callable[[Any], None]) -> None:
-        """Call `finish(run)` once the run is open and every queued call is written; nothing if it never opened."""
+        """Call `finish(run)` once the run is open and every queued call is written; nothing if it never opened.
+
+        The rank's end begins here: a run still waiting for its creation slot opens within the
+        slot's `open_within_s`, online if its slot comes in time, else offline at once.
+        """
+        self.slot.end_began()
         self._opened.wait()
         if self._run is not None:
             finish(self._run)

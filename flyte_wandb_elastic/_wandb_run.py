@@ -21,7 +21,7 @@ from ._deadline import DEFAULT_FINISH_TIMEOUT_S, INIT_SHARE, WANDB_SHARE
 from ._options import WandbOptions
 from ._planner import RankPlan
 from ._queued import Queued
-from ._rank_run import service_lost
+from ._rank_run import CreationSlot, service_lost
 from ._runfiles import local_wandb_dir, writers_dir
 from ._wandb_host import wandb_server
 
@@ -38,11 +38,17 @@ def open_run(
     stats: dict[str, Any] | None = None,
     copy_prefix: str | None = None,
     fresh_service: bool = False,
+    slot: CreationSlot | None = None,
 ) -> Any:
     """Call `wandb.init` for this rank as `plan` says.
 
     When init fails online and `options.on_init_failure` is not `"raise"`, the rank logs offline
     instead, and a warning names the command that uploads the run later.
+
+    Online, `wandb.init` waits for the rank's creation slot first, and `init_timeout` counts from
+    it. Where the rank's end began before its slot, the run opens online only if the slot leaves
+    it time within the end's bound (and `wandb.init` gets only that time), else offline at once,
+    whatever `on_init_failure` says: its rows are then uploaded later, as a failed start's are.
 
     A resuming rank (a torch elastic restart or a Flyte retry, or any rank whose W&B directory
     holds an earlier start's files of its run) reopens its run: online with `resume="allow"`, so
@@ -58,12 +64,15 @@ def open_run(
         copy_prefix: Where this rank's run files are copied in storage (see `run_files_prefix`),
             named by the fallback's warning; `None` when they are not copied.
         fresh_service: Start a W&B service of this process's own first (the run's service died).
+        slot: When `wandb.init` may be called online, and for how long (`None`: now, for as long
+            as `init_timeout` allows).
 
     Returns:
         The `wandb.Run`.
 
     Raises:
         Exception: `wandb.init` failed and `on_init_failure="raise"` (or it failed offline).
+        GivenUp: The rank's end gave the run up while it waited for its slot.
     """
     finish_timeout = options.finish_timeout or DEFAULT_FINISH_TIMEOUT_S
     settings: dict[str, Any] = {
@@ -139,23 +148,33 @@ def open_run(
 
     if fresh_service:
         _use_a_fresh_service()
-    started = time.time()
-    try:
-        return going_on(wandb.init(settings=wandb.Settings(**settings), **init_kwargs))
-    except Exception as exc:
-        offline_lost = kwargs.get("mode") == "offline" and service_lost(exc)  # wandb-core died: retry
-        if options.on_init_failure == "raise" or (kwargs.get("mode") in ("offline", "disabled") and not offline_lost):
-            raise
-        failure = exc
-    # The failed attempt still holds the run id in the W&B service (the node's shared one, or this
-    # process's), and left a local directory that holds nothing and was never uploaded: start a
-    # service of this rank's own, without that directory.
-    _use_a_fresh_service()
-    if plan.run_id:  # only this writer's: a shared run's other writers on this node use the same id
-        for path in run_dirs.glob(f"run-*-{plan.run_id}*"):
-            mine = path.is_dir() and writers_dir(path.name, plan.run_id, plan.label)
-            if mine and path.stat().st_mtime >= started - 1:
-                shutil.rmtree(path, ignore_errors=True)
+    # Online, every `wandb.init` asks W&B to create a run (or a writer of one): it waits for the
+    # rank's creation slot, so the job keeps within `max_run_creations_per_s`.
+    left = slot.wait() if slot is not None and kwargs.get("mode") in (None, "online") else None
+    if left is not None and left <= 0:
+        reason = "its creation slot (max_run_creations_per_s) came too late for the end of the rank"
+    else:
+        if left is not None:  # the rank's end has begun: what is left of its time to open the run
+            settings["init_timeout"] = min(settings["init_timeout"], left)
+        started = time.time()
+        try:
+            return going_on(wandb.init(settings=wandb.Settings(**settings), **init_kwargs))
+        except Exception as exc:
+            offline_lost = kwargs.get("mode") == "offline" and service_lost(exc)  # wandb-core died: retry
+            if options.on_init_failure == "raise" or (
+                kwargs.get("mode") in ("offline", "disabled") and not offline_lost
+            ):
+                raise
+            reason = f"wandb.init failed ({type(exc).__name__}: {exc})"
+        # The failed attempt still holds the run id in the W&B service (the node's shared one, or
+        # this process's), and left a local directory that holds nothing and was never uploaded:
+        # start a service of this rank's own, without that directory.
+        _use_a_fresh_service()
+        if plan.run_id:  # only this writer's: a shared run's other writers on this node use the same id
+            for path in run_dirs.glob(f"run-*-{plan.run_id}*"):
+                mine = path.is_dir() and writers_dir(path.name, plan.run_id, plan.label)
+                if mine and path.stat().st_mtime >= started - 1:
+                    shutil.rmtree(path, ignore_errors=True)
     init_kwargs["mode"] = "offline"
     settings.pop("base_url", None)
     run = going_on(wandb.init(settings=wandb.Settings(**settings), **init_kwargs))
@@ -165,13 +184,7 @@ def open_run(
         if copy_prefix
         else f"wandb sync {sync_dir}"
     )
-    logger.warning(
-        "wandb.init failed (%s: %s); this rank logs offline to %s instead. Upload it later with: %s",
-        type(failure).__name__,
-        failure,
-        sync_dir,
-        upload,
-    )
+    logger.warning("%s; this rank logs offline to %s instead. Upload it later with: %s", reason, sync_dir, upload)
     return run
 
 
