@@ -58,11 +58,9 @@ def with_api_key(secrets: Any, key: str | None, group: str | None) -> Any:
 
 
 def node_shares_a_service(ctx: Any, declared: WandbOptions, max_nodes: int, nproc_per_node: int) -> bool:
-    """Whether a node's ranks should share one W&B service, by the planner.
+    """Whether this task's nodes run one W&B service for their ranks (see `shares_a_service`).
 
-    Worth it when several ranks of a node open runs. Only runs with distinct ids can share one: a
-    W&B service holds one stream per run id, so the writers of a shared-mode run each keep their
-    own service. Never in a local run (one process) or outside a task.
+    Never in a local run (one process) or outside a task.
 
     Args:
         ctx: The task context (`flyte.ctx()`).
@@ -72,7 +70,16 @@ def node_shares_a_service(ctx: Any, declared: WandbOptions, max_nodes: int, npro
     """
     if not ctx or ctx.mode == "local":
         return False
-    options = declared.resolved(ctx.custom_context)
+    return shares_a_service(declared.resolved(ctx.custom_context), max_nodes, nproc_per_node)
+
+
+def shares_a_service(options: WandbOptions, max_nodes: int, nproc_per_node: int) -> bool:
+    """Whether a node's ranks share one W&B service under `options`' layout, by the planner.
+
+    Worth it when several ranks of a node open runs. Only runs with distinct ids can share one: a
+    W&B service holds one stream per run id, so the writers of a shared-mode run each keep their
+    own service.
+    """
     plans = [
         plan_rank(options, Topology.in_job(local, max_nodes, nproc_per_node), "run", "action", max_nodes)
         for local in range(nproc_per_node)
