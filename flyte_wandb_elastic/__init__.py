@@ -29,6 +29,7 @@ from ._sweep import wandb_sweep
 from ._sweep_options import WandbSweepOptions, wandb_sweep_config
 from ._sync import SyncError, SyncReport
 from ._sync import sync as sync_runs
+from ._wandb_limits import WandbLimitWarning
 
 try:
     __version__ = version("flyte-wandb-elastic")
@@ -46,6 +47,7 @@ __all__ = [
     "WandbContext",
     "WandbElastic",
     "WandbElasticTask",
+    "WandbLimitWarning",
     "WandbOptions",
     "WandbSweep",
     "WandbSweepOptions",

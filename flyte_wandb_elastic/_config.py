@@ -8,6 +8,7 @@ from typing import Any
 from flyteplugins.pytorch import Elastic
 
 from ._options import WandbOptions, invalid
+from ._wandb_limits import warn_at_declaration
 
 _RDZV_BACKENDS = ("c10d", "etcd", "etcd-v2")
 
@@ -32,6 +33,10 @@ class WandbElastic(Elastic, WandbOptions):
         )
         ```
 
+    Warns:
+        WandbLimitWarning: The declared layout, online at the most nodes `nnodes` allows, would
+            exceed one of W&B's documented limits (see the scale page of the docs).
+
     Raises:
         ValueError: A field is invalid; the message names the field, the value and what is allowed.
     """
@@ -43,6 +48,9 @@ class WandbElastic(Elastic, WandbOptions):
         WandbOptions.__post_init__(self)
         _check_elastic(self)
         check_api_key_fields(self.api_key_secret, self.api_key_secret_group)
+        # Runs in the declaring process (and wherever the module declaring it is imported).
+        fields = {"nnodes": self.nnodes, "nproc_per_node": self.nproc_per_node}
+        warn_at_declaration(self, "WandbElastic", fields, self.node_range[1], self.nproc_per_node)
 
     @property
     def node_range(self) -> tuple[int, int]:
