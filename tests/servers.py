@@ -1,6 +1,7 @@
 """Real servers on loopback for the tests: a W&B-compatible one (`openwandb`) and an S3-compatible one
 (`moto_server`). Each starts on a free port, is waited for until it answers, can be killed and
 started again on the same port (and, for W&B, the same data), and reads back what it received.
+In front of a W&B server, `RateLimitingProxy` answers HTTP 429 above a set rate, as W&B does.
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ import sys
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -270,3 +273,159 @@ class Outage:
             thread.join()
         self._threads = []
         self._stop = None
+
+
+class RateLimitingProxy:
+    """An HTTP proxy on 127.0.0.1 in front of a W&B server that refuses, as W&B does, what comes
+    faster than a set rate: run creations (GraphQL `upsertBucket` for a run it has not created
+    yet) and file-stream requests (`POST .../file_stream`), each counted over a sliding window of
+    one second (below one a second: of 1 / rate seconds, holding one request). A refusal is HTTP
+    429 with W&B's `RateLimit-Limit`, `RateLimit-Remaining: 0` and `RateLimit-Reset` headers, and
+    `Retry-After`. Everything else is forwarded. `requests` records each request it classified,
+    forwarded or refused, for the test to read back.
+    """
+
+    def __init__(
+        self, target_url: str, creations_per_s: float | None = None, file_stream_per_s: float | None = None
+    ) -> None:
+        import http.server
+
+        self.target_url = target_url.rstrip("/")
+        self.limits = {"creation": creations_per_s, "file_stream": file_stream_per_s}
+        self.requests: list[LimitedRequest] = []
+        self.created: set[tuple[str, str]] = set()  # (project, run) the server created
+        self._lock = threading.Lock()
+        proxy = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # keep-alive, as W&B's client expects
+
+            def _handle(self) -> None:
+                with contextlib.suppress(ConnectionError):  # a client gone meanwhile (its service stopped)
+                    proxy._forward(self)
+
+            do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = do_PATCH = _handle
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        http.server.ThreadingHTTPServer.daemon_threads = True
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = int(self._server.server_address[1])
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def of_kind(self, kind: str, refused: bool | None = None) -> list[LimitedRequest]:
+        """The recorded requests of `kind` (`creation`, `update`, `file_stream`), all or only the
+        refused (`True`) or forwarded (`False`) ones."""
+        with self._lock:
+            return [r for r in self.requests if r.kind == kind and (refused is None or r.refused == refused)]
+
+    def creation_times(self) -> dict[str, float]:
+        """Run -> when the server was first asked, successfully, to create it (`time.time()`)."""
+        return {r.run: r.at for r in self.of_kind("creation", refused=False) if r.status == 200}
+
+    def _classify(self, method: str, path: str, body: bytes) -> tuple[str | None, str | None, str | None]:
+        """(kind, project, run) of a request, or `None`s where it is neither a run's upsert nor its file stream."""
+        parts = path.split("?", 1)[0].strip("/").split("/")
+        if method == "POST" and len(parts) == 5 and parts[0] == "files" and parts[4] == "file_stream":
+            return "file_stream", parts[2], parts[3]
+        if method == "POST" and parts == ["graphql"] and b"upsertBucket" in body:
+            try:
+                variables = json.loads(body).get("variables") or {}
+            except ValueError:
+                variables = {}
+            project, run = variables.get("project") or "", variables.get("name") or ""
+            kind = "update" if (project, run) in self.created else "creation"
+            return kind, project, run
+        return None, None, None
+
+    def _admit(self, kind: str, now: float) -> tuple[bool, float, float]:
+        """Whether a request of `kind` may pass now; the window's capacity and when it next frees."""
+        rate = self.limits.get(kind)
+        if rate is None:
+            return True, 0.0, 0.0
+        window = max(1.0, 1.0 / rate)
+        capacity = max(1.0, rate * window)
+        recent = sorted(r.at for r in self.requests if r.kind == kind and not r.refused and now - r.at < window)
+        if len(recent) < capacity:
+            return True, capacity, 0.0
+        return False, capacity, recent[0] + window - now
+
+    def _forward(self, handler: Any) -> None:
+        import http.client
+        import math
+
+        length = int(handler.headers.get("Content-Length") or 0)
+        body = handler.rfile.read(length) if length else b""
+        kind, project, run = self._classify(handler.command, handler.path, body)
+        record = None
+        if kind is not None:
+            with self._lock:
+                now = time.time()
+                admitted, capacity, reset_s = self._admit(kind, now)
+                record = LimitedRequest(now, kind, project or "", run or "", refused=not admitted)
+                self.requests.append(record)
+            if not admitted:
+                wait = str(max(1, math.ceil(reset_s)))
+                handler.send_response(429)
+                for name, value in (
+                    ("RateLimit-Limit", str(int(capacity))),
+                    ("RateLimit-Remaining", "0"),
+                    ("RateLimit-Reset", wait),
+                    ("Retry-After", wait),
+                    ("Content-Type", "application/json"),
+                ):
+                    handler.send_header(name, value)
+                payload = b'{"errors": [{"message": "rate limit exceeded"}]}'
+                handler.send_header("Content-Length", str(len(payload)))
+                handler.end_headers()
+                handler.wfile.write(payload)
+                return
+        target = urllib.parse.urlsplit(self.target_url)
+        conn = http.client.HTTPConnection(target.hostname or "127.0.0.1", target.port, timeout=60)
+        try:
+            headers = {k: v for k, v in handler.headers.items() if k.lower() not in ("host", "connection")}
+            conn.request(handler.command, handler.path, body=body or None, headers=headers)
+            response = conn.getresponse()
+            data = response.read()
+        except OSError:
+            handler.send_response(502)
+            handler.send_header("Content-Length", "0")
+            handler.end_headers()
+            return
+        finally:
+            conn.close()
+        if record is not None:
+            record.status = response.status
+            if kind == "creation" and response.status == 200:
+                with self._lock:
+                    self.created.add((project or "", run or ""))
+        handler.send_response(response.status)
+        for name, value in response.getheaders():
+            if name.lower() not in ("transfer-encoding", "connection", "content-length"):
+                handler.send_header(name, value)
+        handler.send_header("Content-Length", str(len(data)))
+        handler.end_headers()
+        if handler.command != "HEAD":
+            handler.wfile.write(data)
+
+
+@dataclass
+class LimitedRequest:
+    """One request the rate-limiting proxy classified."""
+
+    at: float  # time.time() when it arrived
+    kind: str  # "creation", "update" (a run's upsert once it exists) or "file_stream"
+    project: str
+    run: str
+    refused: bool
+    status: int | None = None  # the server's answer, where forwarded
