@@ -29,7 +29,7 @@ from ._sweep import wandb_sweep
 from ._sweep_options import WandbSweepOptions, wandb_sweep_config
 from ._sync import SyncError, SyncReport
 from ._sync import sync as sync_runs
-from ._wandb_limits import WandbLimitWarning
+from ._wandb_load import WandbLimitWarning
 
 try:
     __version__ = version("flyte-wandb-elastic")

@@ -23,7 +23,7 @@ from ._job_end import JobEnd
 from ._options import WandbOptions, invalid
 from ._task_spec import node_shares_a_service, with_api_key, with_wandb_links
 from ._topology import Topology
-from ._wandb_limits import warn_at_declaration
+from ._wandb_load import warn_at_declaration
 
 
 @dataclass(frozen=True, eq=False)

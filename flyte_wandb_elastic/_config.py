@@ -8,7 +8,7 @@ from typing import Any
 from flyteplugins.pytorch import Elastic
 
 from ._options import WandbOptions, invalid
-from ._wandb_limits import warn_at_declaration
+from ._wandb_load import warn_at_declaration
 
 _RDZV_BACKENDS = ("c10d", "etcd", "etcd-v2")
 

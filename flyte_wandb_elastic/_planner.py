@@ -13,6 +13,7 @@ from typing import Any
 
 from ._options import WandbOptions
 from ._topology import Topology
+from ._wandb_limits import DEFAULT_RUN_CREATIONS_PER_S
 
 
 @dataclass(frozen=True)
@@ -129,11 +130,6 @@ def plan_rank(
         primary=True,
         creation_order=topology.rank,
     )
-
-
-# W&B's documented default rate of run creations per project, for dedicated and self-managed
-# servers (docs.wandb.ai, "rate limits"); SaaS limits are per project, unpublished and higher.
-DEFAULT_RUN_CREATIONS_PER_S = 80.0
 
 
 def creation_slot(options: WandbOptions, plan: RankPlan) -> float:

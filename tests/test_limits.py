@@ -22,7 +22,8 @@ from flyte_wandb_elastic import (
 from flyte_wandb_elastic._options import RANK_SCOPES, RUN_MODES
 from flyte_wandb_elastic._planner import plan_rank
 from flyte_wandb_elastic._topology import Topology
-from flyte_wandb_elastic._wandb_limits import TABLE, _number, limits_exceeded, wandb_load
+from flyte_wandb_elastic._wandb_limits import TABLE
+from flyte_wandb_elastic._wandb_load import _number, limits_exceeded, wandb_load
 from tests.conftest import REPO
 from tests.tasks import FAST_ELASTIC, train
 
