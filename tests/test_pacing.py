@@ -87,7 +87,14 @@ def test_a_rank_that_ends_long_before_its_slot_logs_offline_at_once_and_keeps_ev
     which here is not even there), with every queued row, and a warning names the upload command."""
     from flyte_wandb_elastic import _wandb_run
 
-    options = WandbOptions(project=PROJECT, mode="online", host="http://127.0.0.1:9", finish_timeout=10)
+    # `dir` explicit: wandb keeps the first WANDB_DIR it saw for the rest of the process
+    options = WandbOptions(
+        project=PROJECT,
+        mode="online",
+        host="http://127.0.0.1:9",
+        finish_timeout=10,
+        init_kwargs={"dir": str(wandb_offline)},
+    )
     plan = RankPlan(opens_run=True, run_id="late-rank-8000", primary=True, creation_order=8000)
     slot = CreationSlot(creation_slot(options, plan), open_within_s=4.0)
     assert slot.delay_s >= 100
