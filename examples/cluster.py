@@ -10,6 +10,7 @@ created (`flyte create secret wandb-api-key`), this runs the clustered task on t
 It needs a cluster with GPUs; the other examples run on a laptop.
 """
 
+import os
 from pathlib import Path
 
 import flyte
@@ -31,7 +32,8 @@ image = (
 # 4 GPUs per node, one rank per GPU.
 gpu_node = flyte.Resources(cpu=16, memory="128Gi", gpu="A100:4")
 
-# Elastic (a PyTorchJob): 2 nodes x 4 ranks, one run per rank, grouped per node.
+# Elastic (a PyTorchJob): 2 nodes x 4 ranks, one run per rank, grouped per node (each rank's own
+# curves, the node's runs on one page; see docs/behaviour.md, "Which layout to pick").
 elastic_env = flyte.TaskEnvironment(
     name="wandb_elastic_gpu",
     image=image,
@@ -47,7 +49,8 @@ elastic_env = flyte.TaskEnvironment(
     ),
 )
 
-# Clustered (a JobSet of 2 pods running torchrun): every rank writes its node's shared run.
+# Clustered (a JobSet of 2 pods running torchrun): every rank writes its node's shared run, under
+# its own label (every rank's metrics side by side, one run per node).
 clustered_env = WandbClusteredTaskEnvironment(
     name="wandb_clustered_gpu",
     image=image,
@@ -65,9 +68,12 @@ def _train(steps: int) -> float:
     import torch.distributed as dist
 
     gpu = torch.cuda.is_available()
+    # One rank per GPU: torch elastic and torchrun set LOCAL_RANK, the rank's index on its node.
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = torch.device("cuda", local_rank) if gpu else torch.device("cpu")
+    if gpu:
+        torch.cuda.set_device(device)
     dist.init_process_group("nccl" if gpu else "gloo")
-    rank = dist.get_rank()
-    device = torch.device("cuda", rank % torch.cuda.device_count()) if gpu else torch.device("cpu")
     model = torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(32, 1).to(device))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
     run = get_wandb_run()  # this rank's run (every rank has one in these two layouts)
