@@ -18,6 +18,7 @@ import logging
 import os
 import threading
 import time
+from urllib.parse import quote
 
 from ._deadline import run_within
 from ._diagram import layout_diagram
@@ -169,7 +170,8 @@ class ReportTab:
         if writer.starts and writer.online and entity and project:
             # the page the console links name, in this pod's environment (the task's env_vars)
             pages = wandb_server(options.host, os.environ).app_url
-            link = f"{pages}/{entity}/{project}/runs/{writer.run_id or run_id}"
+            parts = (entity, project, "runs", writer.run_id or run_id)
+            link = "/".join((pages, *(quote(part, safe="") for part in parts)))
         elif writer.starts:
             sync = f"python -m flyte_wandb_elastic sync {self.prefix}/rank-{rank}"
         return Row(
