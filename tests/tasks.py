@@ -176,11 +176,17 @@ def load(
     if info is not None and reduce_every:
         dist.init_process_group("gloo")
     run = get_wandb_run()
+    # A start after the raise is not the first, whatever the restart counts say (torch elastic's
+    # agent of a node whose ranks did not fail restarts them without counting a restart).
+    raised = Path(facts_dir, "raised") if facts_dir else None
     first_start = restart == 0 and os.environ.get("JOBSET_RESTART_ATTEMPT", "0") == "0"
+    first_start = first_start and not (raised is not None and raised.exists())
     started = time.monotonic()
     try:
         for row in range(rows):
             if rank == raise_rank and 0 <= raise_at <= time.monotonic() - started and first_start:
+                if raised is not None:
+                    raised.touch()
                 raise ValueError(f"rank {rank} raises at row {row}")
             if reduce_every and info is not None and row % reduce_every == 0:
                 dist.all_reduce(torch.tensor([1.0]))
