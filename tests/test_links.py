@@ -299,8 +299,8 @@ def test_sweep_links_name_the_server() -> None:
 
 NODES, NPROC = 1024, 8
 ALL = "Weights & Biases All Workers"
-# Declaring a job this large may also warn that it exceeds W&B's limits: not what these tests check.
-at_scale = pytest.mark.filterwarnings("ignore::UserWarning")
+# Declaring a job this large warns that it exceeds W&B's limits (tests/test_limits.py checks that).
+at_scale = pytest.mark.filterwarnings("ignore::flyte_wandb_elastic.WandbLimitWarning")
 
 
 def per_node_links(run_mode: str, nodes: range, host: str = H) -> list[tuple[str, str]]:
