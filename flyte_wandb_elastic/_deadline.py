@@ -1,7 +1,8 @@
 """Bounding the end of a job: how the time a rank may take to end is split, and waiting no longer.
 
-A rank's end, from the return of its function, takes at most `finish_timeout` seconds (default
-60), whatever the W&B server does. The shares below count from that return:
+A rank's end takes at most `finish_timeout` seconds (default 60), whatever the W&B server does,
+counted from when it begins: once every rank of the job has returned (`_job_end`), or at once
+where the rank fails or is stopped. The shares below count from that moment:
 
 - a run still opening then (a server lost before or during `wandb.init`) is open, or its
   `wandb.init` has failed, by `INIT_SHARE` of it (`init_timeout`'s default counts from the start

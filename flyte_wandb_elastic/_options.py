@@ -88,11 +88,11 @@ class WandbOptions:
             each logging rank waits for `wandb.init` before the function starts (with
             `on_init_failure="raise"`, the rank then fails before training, not at its end).
         finish_timeout: The most seconds the end of a logging rank may take once its function
-            has returned: the rest of `wandb.init` if the run is still opening, W&B's upload of
-            what is left and the last copy of the run files together (default 60). A W&B server
-            that is lost, hangs or answers errors then never holds the job: the rank ends, and
-            everything it logged is in the copy of its run files, for `python -m
-            flyte_wandb_elastic sync`.
+            has returned and every rank of the job has (at once where it fails): the rest of
+            `wandb.init` if the run is still opening, W&B's upload of what is left and the last
+            copy of the run files together (default 60). A W&B server that is lost, hangs or
+            answers errors then never holds the job: the rank ends, and everything it logged is
+            in the copy of its run files, for `python -m flyte_wandb_elastic sync`.
         persist_interval: Seconds between copies of each logging rank's W&B run directory into
             the task's durable storage (default 30); a last copy is made at the end of the rank.
             Each copy sends only what was written since the one before.
