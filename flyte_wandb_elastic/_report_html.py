@@ -136,10 +136,10 @@ def _chart(metric: str, rows: list[Row]) -> str:
     def y(value: float) -> str:
         return f"{_TOP + (y1 - value) / (y1 - y0) * height:.1f}"
 
-    drawn = []
+    lines, marks = [], []
     for i, row in enumerate(shown):
         color = COLORS[i % len(COLORS)]
-        segments: list[list[str]] = [[]]
+        segments: list[list[str]] = [[]]  # the finite stretches of this writer's curve
         for step, value in row.curves[metric]:
             kind = nonfinite_name(value)
             if kind is None:
@@ -149,21 +149,18 @@ def _chart(metric: str, rows: list[Row]) -> str:
                 segments.append([])
             label, at_top = _MARKS[kind]
             ty = _TOP + 9 + (i % 3) * 10 if at_top else _TOP + height - 3 - (i % 3) * 10
-            drawn.append(
+            marks.append(
                 f'<g class="fwe-mark" data-value="{kind}"><title>{e(row.name)}: {e(metric)} = {kind} at step {step}'
                 f'</title><line x1="{x(step)}" y1="{_TOP}" x2="{x(step)}" y2="{_TOP + height}" stroke="{color}" '
                 f'stroke-dasharray="3,3"/><text x="{x(step)}" y="{ty}" text-anchor="middle" font-size="10" '
                 f'fill="{color}">{label}</text></g>'
             )
         # "M a L b L c": one subpath per finite stretch; a lone point is drawn as a dot ("h0")
-        path = " ".join(
-            f"M{seg[0]}" + (f" L{' L'.join(seg[1:])}" if len(seg) > 1 else " h0") for seg in segments if seg
-        )
+        path = " ".join(f"M{seg[0]} " + (f"L{' L'.join(seg[1:])}" if len(seg) > 1 else "h0") for seg in segments if seg)
         if path:
-            drawn.insert(
-                0,
+            lines.append(
                 f'<path class="fwe-line" fill="none" stroke-width="2" stroke-linecap="round" stroke="{color}" '
-                f'd="{path}"><title>{e(row.name)}</title></path>',
+                f'd="{path}"><title>{e(row.name)}</title></path>'
             )
     note = (
         ""
@@ -187,5 +184,5 @@ def _chart(metric: str, rows: list[Row]) -> str:
     return (
         f'<figure class="fwe-chart" data-metric="{e(metric, quote=True)}"><figcaption>{e(metric)}</figcaption>'
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{_W}" height="{_H}" viewBox="0 0 {_W} {_H}">'
-        f'{axes}{note}{"".join(drawn)}</svg><div class="fwe-legend">{legend}{more}</div></figure>'
+        f'{axes}{note}{"".join(lines)}{"".join(marks)}</svg><div class="fwe-legend">{legend}{more}</div></figure>'
     )
