@@ -1,6 +1,6 @@
 """Real launches: torch elastic spawns CPU workers (gloo); the offline run files are read back.
 
-The expected layouts are written out by hand from the table in the README, not computed by the
+The expected layouts are written out by hand from the table in docs/behaviour.md, not computed by the
 planner, so a planner bug shows up here as a mismatch.
 """
 
