@@ -31,7 +31,7 @@ def _part(value: str) -> str:
     return quote(value, safe="{}.-_~")
 
 
-def _plans_of_every_rank(
+def _plans_of_every_node(
     options: WandbOptions,
     max_nodes: int,
     nproc_per_node: int,
@@ -39,10 +39,14 @@ def _plans_of_every_rank(
     action_name: str,
     context: Mapping[str, str],
 ) -> Iterator[RankPlan]:
-    """The planner's plan for every rank of a job on `max_nodes` nodes (what the pods will open)."""
+    """The planner's plan for the first rank of every node of a job on `max_nodes` nodes.
+
+    A run's group is at most per node (the planner's scopes are the job or a node), so these
+    plans hold every group the job's runs have.
+    """
     parent_run_id = (context or {}).get(PARENT_RUN_KEY)
-    for rank in range(max_nodes * nproc_per_node):
-        topology = Topology.in_job(rank, max_nodes, nproc_per_node)
+    for node in range(max_nodes):
+        topology = Topology.in_job(node * nproc_per_node, max_nodes, nproc_per_node)
         yield plan_rank(options, topology, run_name, action_name, max_nodes, parent_run_id)
 
 
@@ -149,7 +153,7 @@ class Wandb:
             return f"{host}/{_part(options.entity)}"
         page = f"{host}/{_part(options.entity)}/{_part(options.project)}"
         if self.every_node:
-            plans = _plans_of_every_rank(options, self.max_nodes, self.nproc_per_node, run_name, action_name, context)
+            plans = _plans_of_every_node(options, self.max_nodes, self.nproc_per_node, run_name, action_name, context)
             groups = {plan.group for plan in plans if plan.opens_run}
             group = groups.pop() if len(groups) == 1 else None
             return f"{page}/groups/{_part(group)}" if group else page
