@@ -7,6 +7,7 @@ second copy of the run_mode x rank_scope rules.
 
 from __future__ import annotations
 
+import os
 import sys
 import warnings
 from collections import Counter
@@ -181,7 +182,9 @@ def warn_at_declaration(
     """Warn (`WandbLimitWarning`) when the declared layout, online, exceeds a documented limit.
 
     Called where an environment is declared, in the declaring process (and again wherever the
-    module that declares it is imported: in each pod, once per process as warnings are).
+    module that declares it is imported: in each pod's launching process, once as warnings are).
+    Not in the rank processes that torch elastic or torchrun start (`TORCHELASTIC_RUN_ID` set):
+    they import the same declaration, and thousands of them would repeat the same warning.
 
     Args:
         declared: The options as declared; unset fields take the planner's defaults, though the
@@ -193,6 +196,8 @@ def warn_at_declaration(
         env_vars: The environment's `env_vars`, where the declaration knows them (`WANDB_MODE`
             there sets the pods' mode).
     """
+    if "TORCHELASTIC_RUN_ID" in os.environ:
+        return
     options = declared.wandb_options()
     pods_mode = (env_vars or {}).get("WANDB_MODE")
     if options.mode is None and pods_mode in ("offline", "disabled"):

@@ -196,6 +196,16 @@ def test_offline_or_disabled_does_not_warn(mode: str) -> None:
         clustered(replicas=1024, wandb=WandbOptions(run_mode="shared", mode=mode))  # type: ignore[arg-type]
 
 
+def test_a_rank_process_importing_the_declaration_does_not_warn_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.warns(WandbLimitWarning):  # where it is declared (or deployed)
+        WandbElastic(nnodes=1024, nproc_per_node=8, run_mode="new")
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "job")  # as torch elastic and torchrun set in each rank
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        WandbElastic(nnodes=1024, nproc_per_node=8, run_mode="new")
+        clustered(replicas=1024, wandb=WandbOptions(run_mode="new"))
+
+
 def clustered(**fields: Any) -> WandbClusteredTaskEnvironment:
     return WandbClusteredTaskEnvironment(
         **{"name": "limits", "nproc_per_node": 8, "runtime": TorchRun(rdzv_backend="c10d"), **fields}
