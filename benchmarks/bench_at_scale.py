@@ -53,11 +53,9 @@ AGREEMENT_LIMIT_S = 300.0  # a measurement still running then is stopped and cou
 
 def links_at_scale(nodes: int, nproc: int) -> list[dict[str, Any]]:
     import flyte
-    from flyte._internal.runtime.task_serde import translate_task_to_wire
-    from flyte.models import ActionID, RawDataPath, SerializationContext, TaskContext
-    from flyte.report import Report
 
     from flyte_wandb_elastic import WandbElastic
+    from tests.serialize import run_path_spec  # as `flyte.run` serializes
 
     rows = []
     for run_mode, scope in LAYOUTS:
@@ -75,16 +73,8 @@ def links_at_scale(nodes: int, nproc: int) -> list[dict[str, Any]]:
 
             task = env.task(train)
         declared_s = time.perf_counter() - started
-        tctx = TaskContext(
-            action=ActionID(name="{{.actionName}}", run_name="{{.runName}}", project="proj", domain="dev"),
-            version="v1",
-            raw_data_path=RawDataPath(path=""),
-            output_path="",
-            run_base_dir="",
-            report=Report(name="{{.actionName}}"),
-        )
         started = time.perf_counter()
-        spec = translate_task_to_wire(task, SerializationContext(version="v1", root_dir=Path.cwd()), task_context=tctx)
+        spec = run_path_spec(task, {})
         serialize_s = time.perf_counter() - started
         links = [(log.name, log.uri) for log in spec.task_template.metadata.log_links]
         rows.append(
