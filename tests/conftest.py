@@ -12,7 +12,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from flyte_wandb_elastic._runfiles import RunFile, read_run_files
+from tests.servers import WandbServer
 
 REPO = Path(__file__).resolve().parent.parent
 LAUNCH_TIMEOUT_S = 150
@@ -418,6 +419,15 @@ def assert_agrees_with_wandb_reader(runs: list[RunFile]) -> None:
         # W&B's summary holds each metric's last value; every row here logs the same metrics
         summary = {k: v for k, v in theirs["summary"].items() if not k.startswith("_") and k != "flyte_error"}
         assert summary == pytest.approx(run.last_metrics), run.path
+
+
+@pytest.fixture(scope="module")
+def shared_wandb(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WandbServer]:
+    """One W&B-compatible server per test module, for the tests that leave it alone."""
+    server = WandbServer(tmp_path_factory.mktemp("openwandb"))
+    server.start()
+    yield server
+    server.stop()
 
 
 @pytest.fixture

@@ -44,15 +44,6 @@ def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
     server.stop()
 
 
-@pytest.fixture(scope="module")
-def shared_wandb(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WandbServer]:
-    """One W&B server for the tests that leave it alone."""
-    server = WandbServer(tmp_path_factory.mktemp("openwandb"))
-    server.start()
-    yield server
-    server.stop()
-
-
 @pytest.fixture
 def wandb_server(tmp_path: Path) -> Iterator[WandbServer]:
     """A W&B server of this test's own, which the test may kill."""

@@ -15,7 +15,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -121,14 +120,6 @@ def test_a_rank_that_ends_long_before_its_slot_logs_offline_at_once_and_keeps_ev
     assert "Upload it later with: wandb sync" in caplog.text
 
 
-@pytest.fixture(scope="module")
-def wandb_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WandbServer]:
-    server = WandbServer(tmp_path_factory.mktemp("openwandb"))
-    server.start()
-    yield server
-    server.stop()
-
-
 def paced_job(tmp: Path, server: WandbServer, proxy: RateLimitingProxy, **options: Any) -> Launch:
     """1 node x `RANKS` ranks of `new` mode online through `proxy`, each logging `STEPS` rows in
     about a second, not waiting for its run; run files copied under `tmp/storage`."""
@@ -157,15 +148,15 @@ def rows_of(server: WandbServer, run_id: str) -> set[tuple[int, int]]:
 
 
 @pytest.mark.launch
-def test_pacing_keeps_the_job_within_its_rate_of_run_creations(tmp_path: Path, wandb_server: WandbServer) -> None:
+def test_pacing_keeps_the_job_within_its_rate_of_run_creations(tmp_path: Path, shared_wandb: WandbServer) -> None:
     # The slots at 1 a second are 0, 1.07, 2.15 and 3.61 s: a server that refuses a second
     # creation within a second (as the proxy at 2 a second does the third) must refuse none.
     options = {"id": "pacing", "max_run_creations_per_s": 1}
     slots = planned(options)
     assert [round(s, 2) for _, s in slots] == [0.0, 1.07, 2.15, 3.61]
-    proxy = RateLimitingProxy(wandb_server.url, creations_per_s=2)
+    proxy = RateLimitingProxy(shared_wandb.url, creations_per_s=2)
     try:
-        job = paced_job(tmp_path, wandb_server, proxy, **options)
+        job = paced_job(tmp_path, shared_wandb, proxy, **options)
     finally:
         proxy.stop()
     assert job.errors == [], job.logs
@@ -182,21 +173,21 @@ def test_pacing_keeps_the_job_within_its_rate_of_run_creations(tmp_path: Path, w
     assert any(created[run_id] > returned[run_id] for run_id, _ in slots[2:])
     for run_id, _ in slots:
         rank = int(run_id.rsplit("-", 1)[1])
-        assert rows_of(wandb_server, run_id) == {(rank, row) for row in range(STEPS)}, run_id
-        assert wandb_server.runs()[run_id] == "finished", run_id
+        assert rows_of(shared_wandb, run_id) == {(rank, row) for row in range(STEPS)}, run_id
+        assert shared_wandb.runs()[run_id] == "finished", run_id
 
 
 FINISH_TIMEOUT_S = 10.0
 
 
 @pytest.mark.launch
-def test_w_and_b_refusing_with_429_loses_no_row_and_holds_no_end(tmp_path: Path, wandb_server: WandbServer) -> None:
+def test_w_and_b_refusing_with_429_loses_no_row_and_holds_no_end(tmp_path: Path, shared_wandb: WandbServer) -> None:
     # Paced at 50 a second against a server that takes one creation a second and one file-stream
     # request every two seconds: W&B's client retries after each `Retry-After`.
     options = {"id": "limited", "max_run_creations_per_s": 50, "finish_timeout": FINISH_TIMEOUT_S}
-    proxy = RateLimitingProxy(wandb_server.url, creations_per_s=1, file_stream_per_s=0.5)
+    proxy = RateLimitingProxy(shared_wandb.url, creations_per_s=1, file_stream_per_s=0.5)
     try:
-        job = paced_job(tmp_path, wandb_server, proxy, **options)
+        job = paced_job(tmp_path, shared_wandb, proxy, **options)
     finally:
         proxy.stop()
     assert job.errors == [], job.logs
@@ -210,7 +201,7 @@ def test_w_and_b_refusing_with_429_loses_no_row_and_holds_no_end(tmp_path: Path,
     clean = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
     done = subprocess.run(
         [sys.executable, "-m", "flyte_wandb_elastic", "sync", str(tmp_path / "storage")],
-        env={**clean, **wandb_server.env()},
+        env={**clean, **shared_wandb.env()},
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -220,5 +211,5 @@ def test_w_and_b_refusing_with_429_loses_no_row_and_holds_no_end(tmp_path: Path,
     print("sync:", done.stdout.strip().splitlines()[-1:])
     for run_id, _ in planned(options):
         rank = int(run_id.rsplit("-", 1)[1])
-        assert rows_of(wandb_server, run_id) == {(rank, row) for row in range(STEPS)}, run_id
-        assert wandb_server.runs()[run_id] == "finished", run_id
+        assert rows_of(shared_wandb, run_id) == {(rank, row) for row in range(STEPS)}, run_id
+        assert shared_wandb.runs()[run_id] == "finished", run_id

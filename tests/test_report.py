@@ -13,7 +13,6 @@ import re
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
@@ -156,14 +155,6 @@ def test_the_tab_stays_bounded_for_a_thousand_runs() -> None:
 # -- real launches ----------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WandbServer]:
-    wandb_server = WandbServer(tmp_path_factory.mktemp("openwandb"))
-    wandb_server.start()
-    yield wandb_server
-    wandb_server.stop()
-
-
 def _report_path(tmp: Path, engine: str) -> Path:
     return tmp / "work-0" / "outputs" / "report.html" if engine == "elastic" else tmp / "out-0" / "report.html"
 
@@ -198,10 +189,12 @@ def _launch(engine: str, tmp: Path, options: dict[str, Any], env: dict[str, str]
 @pytest.mark.launch
 # Elastic offline: the example's run below (`test_the_example_screenshots_its_tab_in_a_browser`)
 @pytest.mark.parametrize(("engine", "online"), [("clustered", False), ("elastic", True), ("clustered", True)])
-def test_a_job_writes_its_tab_live_and_final(tmp_path: Path, server: WandbServer, engine: str, online: bool) -> None:
+def test_a_job_writes_its_tab_live_and_final(
+    tmp_path: Path, shared_wandb: WandbServer, engine: str, online: bool
+) -> None:
     run_mode = "shared" if online else "new"
-    options = {"run_mode": run_mode, **({"entity": ENTITY, "host": server.url} if online else {})}
-    job, seen = _launch(engine, tmp_path, options, server.env() if online else {})
+    options = {"run_mode": run_mode, **({"entity": ENTITY, "host": shared_wandb.url} if online else {})}
+    job, seen = _launch(engine, tmp_path, options, shared_wandb.env() if online else {})
     assert job.errors == [], job.logs
     final = _report_path(tmp_path, engine).read_text()
     # live: a version written while the job ran already showed rows
