@@ -125,7 +125,7 @@ class ReportTab:
         when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
         stage = "Final" if final else "Live, while the job runs"
         status = f"{stage}: updated {when}. Run files read from {self.prefix}."
-        return render_tab(rows, self.layout, status)
+        return render_tab(rows, self.layout, status, self.interval_s)
 
     def _refresh(self) -> None:
         try:
@@ -184,6 +184,8 @@ class ReportTab:
             link=link,
             sync=sync,
             curves={name: curve.shown() for name, curve in writer.curves.items()},
+            exit_code=writer.exit_code,
+            last_time=writer.last_time,
         )
 
     def _warn_once(self, why: str) -> None:
