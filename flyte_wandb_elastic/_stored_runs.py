@@ -1,12 +1,9 @@
 """What the run files copied to storage say so far, read incrementally: the report tab's source.
 
 Each rank's copies lie under `<action prefix>/rank-<r>/<run dir>/` (see `run_files_prefix`), the
-`.wandb` transaction log as numbered parts and segments, and each copy's manifest under
-`<action prefix>/manifests/rank-<r>/<run dir>.json` (see `_persist`, `_manifest`).
-`StoredRuns.refresh()` lists the manifests folder (one request per 1,000 writers), reads only
-the manifests whose tag changed, then only the pieces of their logs it has not read yet (all of
-them in parallel), and parses only the records they complete. Each rank's writer keeps its row
-count, the last value of each metric and bounded, downsampled curves, so the requests, work and
+`.wandb` transaction log as numbered parts (see `_persist`). `StoredRuns.refresh()` fetches only
+the parts it has not read yet and parses only the records they complete. Each rank's writer keeps
+its row count, the last value of each metric and bounded, downsampled curves, so the work and
 memory of a refresh grow with what was logged since the last one, not with the run.
 
 Process: rank 0's process, in the report's thread (see `_report`).
@@ -20,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import _storage
-from ._manifest import MANIFESTS, Manifest, Piece
+from ._persist import PARTS_SUFFIX
 from ._runfiles import _HEADER, _MAGIC, parse_records
 from ._values import nonfinite_name
 
@@ -29,8 +26,7 @@ MAX_POINTS = 100
 # Runs of non-finite values kept per curve (the first point of each): up to 2 * MAX_BREAKS, evenly
 # spread over the runs once there are more.
 MAX_BREAKS = 100
-_MANIFEST = re.compile(r"^rank-(\d+)/([^/]+)\.json$")
-_LOG = re.compile(r"^run-[^/]+\.wandb$")
+_PART = re.compile(rf"^rank-(\d+)/([^/]+)/run-[^/]+\.wandb{re.escape(PARTS_SUFFIX)}/(\d+)$")
 
 
 class _Thinned:
@@ -152,20 +148,13 @@ class _Cursor:
 
 
 class StoredRuns:
-    """The writers whose copies lie under `prefix` (a task's `.../wandb/<action>` prefix).
-
-    Attributes:
-        bytes_read: Bytes of the logs fetched so far.
-        requests: Storage requests made so far (listings, manifests and pieces).
-    """
+    """The writers whose copies lie under `prefix` (a task's `.../wandb/<action>` prefix)."""
 
     def __init__(self, prefix: str) -> None:
         self.prefix = prefix
         self.writers: dict[int, Writer] = {}
         self.bytes_read = 0
-        self.requests = 0
         self._cursors: dict[tuple[int, str], _Cursor] = {}
-        self._tags: dict[str, str] = {}  # each manifest's tag when last read
 
     def refresh(self) -> None:
         """Read what was copied since the last refresh.
@@ -173,28 +162,13 @@ class StoredRuns:
         Raises:
             OSError: The storage cannot be listed or read (the next refresh tries again).
         """
-        listed = _storage.list_flat(_storage.join(self.prefix, MANIFESTS))
-        self.requests += 1 + len(listed) // 1000
-        changed = {path: entry.tag for path, entry in listed.items() if self._tags.get(path) != entry.tag}
-        uris = {path: _storage.join(self.prefix, MANIFESTS, path) for path in changed if _MANIFEST.match(path)}
-        manifests = _storage.read_many(list(uris.values()))
-        self.requests += len(uris)
-        wanted: dict[tuple[int, str], tuple[str, list[Piece]]] = {}
-        for path, uri in uris.items():
-            found, data = _MANIFEST.match(path), manifests[uri]
-            if found is None or data is None:
-                continue
-            key = (int(found.group(1)), found.group(2))
-            manifest = Manifest.from_json(data)
-            log = next((name for name in manifest.files if _LOG.match(name)), None)
-            cursor = self._cursors.get(key) or _Cursor()
-            if log is not None:
-                wanted[key] = (log, manifest.pieces_from(log, cursor.have))
-            self._tags[path] = changed[path]
-        pieces = [self._piece_uri(key, p) for key, (_, ps) in wanted.items() for p in ps]
-        contents = _storage.read_many(pieces)
-        self.requests += len(pieces)
-        for key in sorted(wanted):  # a rank's starts in the order they began (their names hold the time)
+        parts: dict[tuple[int, str], list[tuple[int, int, str]]] = {}
+        for path, size in _storage.list_sizes(self.prefix).items():
+            found = _PART.match(path)
+            if found:
+                rank, run_dir, offset = int(found.group(1)), found.group(2), int(found.group(3))
+                parts.setdefault((rank, run_dir), []).append((offset, size, path))
+        for key in sorted(parts):  # a rank's starts in the order they began (their names hold the time)
             rank, run_dir = key
             writer = self.writers.setdefault(rank, Writer(rank))
             if key not in self._cursors:
@@ -202,36 +176,27 @@ class StoredRuns:
                 writer.starts += 1
                 writer.online = not run_dir.startswith("offline-")
                 writer.exit_code = None
-            _, ps = wanted[key]
-            read = [(p, contents[self._piece_uri(key, p)]) for p in ps]
-            if not self._read(self._cursors[key], read, writer):  # a piece compacted meanwhile: next time
-                self._tags.pop(f"rank-{rank}/{run_dir}.json", None)
+            self._read(self._cursors[key], sorted(parts[key]), writer)
 
-    def _piece_uri(self, key: tuple[int, str], piece: Piece) -> str:
-        return _storage.join(self.prefix, f"rank-{key[0]}", key[1], piece.key)
-
-    def _read(self, cursor: _Cursor, pieces: list[tuple[Piece, bytes | None]], writer: Writer) -> bool:
-        """Take in the pieces read (in order); whether every one was there."""
-        whole = True
-        for piece, data in pieces:
-            if not cursor.valid or piece.end <= cursor.have:
+    def _read(self, cursor: _Cursor, parts: list[tuple[int, int, str]], writer: Writer) -> None:
+        for offset, size, path in parts:
+            if not cursor.valid or offset + size <= cursor.have:
                 continue  # not a W&B log, or read already
-            if data is None or piece.start > cursor.have:
-                whole = False
-                break
+            if offset > cursor.have:
+                break  # a gap: that copy has not arrived (yet)
+            data = _storage.read_bytes(_storage.join(self.prefix, path)) or b""
             self.bytes_read += len(data)
-            cursor.tail += data[cursor.have - piece.start :]
-            cursor.have = piece.start + len(data)
+            cursor.tail += data[cursor.have - offset :]
+            cursor.have = offset + len(data)
         if cursor.start == 0 and cursor.valid:
             if len(cursor.tail) < _HEADER:
-                return whole
+                return
             cursor.valid = cursor.tail[:4] == _MAGIC
             cursor.tail, cursor.start = cursor.tail[_HEADER:], _HEADER
         if not cursor.valid:
-            return whole
+            return
         parsed = cursor.start
         for record, end in parse_records(cursor.tail, cursor.start, base=cursor.start):
             writer.apply(record)
             parsed = end
         cursor.tail, cursor.start = cursor.tail[parsed - cursor.start :], parsed
-        return whole
