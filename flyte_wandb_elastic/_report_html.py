@@ -353,6 +353,8 @@ def _spread_chart(metric: str, rows: list[Row], scale: _Scale) -> str:
         marks += its_marks
         legend.append(_swatch(COLORS[n % len(COLORS)], f"{rows[i].name}: {why}"))
     if scale.nonfinite[metric]:
-        legend.append(f"<span>{scale.nonfinite[metric]} writers logged NaN or infinite values (not in the band)</span>")
+        legend.append(
+            f"<span>NaN or infinite values from {scale.nonfinite[metric]} of {writers} writers (not in the band)</span>"
+        )
     legend.append(f"<span>{writers - len(drawn)} more writers in the band only</span>")
     return _figure(metric, frame, "".join(svg) + "".join(marks), "".join(legend))

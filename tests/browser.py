@@ -38,13 +38,20 @@ for (const fig of document.querySelectorAll('figure.fwe-chart')) {
   const lines = [...fig.querySelectorAll('path.fwe-line')].map(p => {
     const box = p.getBBox();
     return {name: p.querySelector('title').textContent, width: box.width, height: box.height,
-            length: p.getTotalLength()};
+            length: p.getTotalLength(), why: p.dataset.why || ''};
+  });
+  const box = sel => [...fig.querySelectorAll(sel)].map(p => {
+    const b = p.getBBox();
+    return {x: b.x, y: b.y, width: b.width, height: b.height, title: p.querySelector('title').textContent};
   });
   const marks = [...fig.querySelectorAll('g.fwe-mark')].map(g => ({
     value: g.dataset.value, title: g.querySelector('title').textContent,
     label: g.querySelector('text').textContent}));
   out.charts[fig.dataset.metric] = {caption: fig.querySelector('figcaption').textContent,
-                                    text: fig.querySelector('svg').textContent, lines, marks};
+                                    text: fig.querySelector('svg').textContent, lines, marks,
+                                    bands: box('path.fwe-band'), medians: box('path.fwe-median'),
+                                    counts: box('rect.fwe-count'),
+                                    legend: [...fig.querySelectorAll('.fwe-legend span')].map(s => s.textContent)};
 }
 const pre = document.createElement('pre');
 pre.id = 'fwe-measured';
@@ -55,8 +62,9 @@ document.body.appendChild(pre);
 
 def rendered(page: str, tmp: Path) -> dict[str, Any]:
     """What headless Chromium shows of a report tab's HTML `page`: the document's title, the runs
-    table's cell texts, and per chart (by metric) its caption, its lines (name, drawn box, length)
-    and its marks (value, hover title, label)."""
+    table's cell texts, and per chart (by metric) its caption, its lines (name, drawn box, length,
+    why it stands out), its marks (value, hover title, label), at scale its band, median and
+    counts of non-finite values (drawn box and hover title each), and its legend's entries."""
     assert CHROMIUM is not None
     source = tmp / "rendered.html"
     source.write_text(f'<!DOCTYPE html><html><head><meta charset="utf-8"></head><body>{page}{_MEASURE}</body></html>')
