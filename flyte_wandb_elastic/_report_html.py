@@ -139,7 +139,7 @@ class _Scale:
         for metric in scaled:
             curves = [r.curves.get(metric) for r in rows]
             self.bands[metric] = _spread.band(curves)
-            diverged = _spread.diverged(curves)
+            diverged = self.bands[metric].diverged
             furthest = _spread.furthest(curves)
             self.nonfinite[metric] = len(diverged)
             reasons: dict[int, list[str]] = {}

@@ -58,6 +58,8 @@ class Band:
         high: The largest finite value in each bin.
         writers: How many writers have a finite value in each bin.
         nonfinite: How many writers logged a non-finite value in each bin (counted in no other field).
+        diverged: The writers with a non-finite value: `(writer, step, value)` of each one's first,
+            the first to diverge first.
     """
 
     first: list[int]
@@ -67,10 +69,12 @@ class Band:
     high: list[float | None]
     writers: list[int]
     nonfinite: list[int]
+    diverged: list[tuple[int, int, float]]
 
 
 def band(curves: Sequence[Points | None], bins: int = BINS) -> Band:
-    """The min, median and max across `curves` at each bin of steps, non-finite values counted apart.
+    """The min, median and max across `curves` at each bin of steps, non-finite values counted apart
+    (and each writer's first).
 
     Args:
         curves: Each writer's `(step, value)` points (`None` or empty: the writer logged none).
@@ -81,13 +85,14 @@ def band(curves: Sequence[Points | None], bins: int = BINS) -> Band:
     """
     spans = [(min(curve)[0], max(curve)[0]) for curve in curves if curve]  # a restart's steps go back
     if not spans:
-        return Band([], [], [], [], [], [], [])
+        return Band([], [], [], [], [], [], [], [])
     x0 = min(lo for lo, _ in spans)
     span = max(hi for _, hi in spans) - x0 + 1
     bins = min(bins, span)  # step s lies in bin (s - x0) * bins // span: integers, exact
     values: list[list[float]] = [[] for _ in range(bins)]
     nonfinite = [0] * bins
-    for curve in curves:
+    diverged = []
+    for i, curve in enumerate(curves):
         if not curve:
             continue
         # comprehensions, not a loop: this runs for every point of every writer (`v - v` is 0.0
@@ -95,8 +100,11 @@ def band(curves: Sequence[Points | None], bins: int = BINS) -> Band:
         kept = {(s - x0) * bins // span: v for s, v in curve if v - v == 0.0}
         for at, value in kept.items():
             values[at].append(value)
-        for at in {(s - x0) * bins // span for s, v in curve if v - v != 0.0}:
-            nonfinite[at] += 1
+        broken = [(s, v) for s, v in curve if v - v != 0.0]
+        if broken:
+            diverged.append((i, *broken[0]))
+            for at in {(s - x0) * bins // span for s, _ in broken}:
+                nonfinite[at] += 1
     low: list[float | None] = []
     median: list[float | None] = []
     high: list[float | None] = []
@@ -107,7 +115,8 @@ def band(curves: Sequence[Points | None], bins: int = BINS) -> Band:
         high.append(found[-1] if found else None)
     first = [x0 + -(-i * span // bins) for i in range(bins)]  # ceil(i * span / bins)
     last = [*(f - 1 for f in first[1:]), x0 + span - 1]
-    return Band(first, last, low, median, high, [len(v) for v in values], nonfinite)
+    diverged.sort(key=lambda found: (found[1], found[0]))
+    return Band(first, last, low, median, high, [len(v) for v in values], nonfinite, diverged)
 
 
 def failed(exit_codes: Sequence[int | None]) -> list[int]:
@@ -132,17 +141,6 @@ def stalled(last_times: Sequence[float | None], ended: Sequence[bool], interval_
     limit = max(times) - STALLED_INTERVALS * interval_s
     found = [i for i, t in enumerate(last_times) if t is not None and t < limit and not ended[i]]
     return sorted(found, key=lambda i: last_times[i] or 0.0)
-
-
-def diverged(curves: Sequence[Points | None]) -> list[tuple[int, int, float]]:
-    """The writers with a non-finite value: `(writer, step, value)` of each one's first, the first
-    to diverge first."""
-    found = []
-    for i, curve in enumerate(curves):
-        broken = [(s, v) for s, v in curve or () if v - v != 0.0]  # a comprehension: quicker than a loop
-        if broken:
-            found.append((i, *broken[0]))
-    return sorted(found, key=lambda f: (f[1], f[0]))
 
 
 def furthest(curves: Sequence[Points | None], count: int = FURTHEST) -> list[tuple[int, float]]:

@@ -26,7 +26,6 @@ from flyte_wandb_elastic._spread import (
     FURTHEST,
     STANDOUT_LINES,
     band,
-    diverged,
     drawn,
     failed,
     first_ranked,
@@ -89,7 +88,7 @@ def test_standouts_are_chosen_for_why_they_stand_out() -> None:
     assert stalled([40.0, 45.0], [False, False], interval_s=10) == []  # nobody progressed since
     # non-finite: each writer once, by its first non-finite value, the first to diverge first
     curves = [[(0, 1.0), (9, NAN), (10, INF)], [(0, 1.0)], [(0, -INF)], None, [(0, 1.0), (3, INF)]]
-    assert diverged(curves) == [(2, 0, -INF), (4, 3, INF), (0, 9, NAN)]
+    assert band(curves).diverged == [(2, 0, -INF), (4, 3, INF), (0, 9, NAN)]
     # furthest from the median of the last (finite) values, furthest first
     lasts = [[(0, 0.0), (5, v)] for v in (1.0, 1.1, 0.9, 9.0, 1.0, -3.0, 1.05, NAN)]
     assert furthest(lasts) == [(3, 9.0), (5, -3.0), (1, 1.1)] and FURTHEST == 3
