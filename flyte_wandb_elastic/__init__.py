@@ -2,6 +2,7 @@
 
 from importlib.metadata import PackageNotFoundError, version
 
+from ._checkpoints import log_checkpoint, use_checkpoint
 from ._clustered import WandbClusteredTask, WandbClusteredTaskEnvironment
 from ._config import WandbElastic
 from ._decorator import wandb_init
@@ -63,10 +64,12 @@ __all__ = [
     "get_wandb_run_dir",
     "get_wandb_sweep_context",
     "get_wandb_sweep_id",
+    "log_checkpoint",
     "read_run_file",
     "read_run_files",
     "run_ranks_locally",
     "sync_runs",
+    "use_checkpoint",
     "wandb_config",
     "wandb_init",
     "wandb_sweep",

@@ -16,17 +16,19 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import flyte
 
 from ._after_import import after_import
+from ._alerts import FailureAlert
 from ._deadline import COPY_SHARE, DEFAULT_FINISH_TIMEOUT_S, FINISH_SHARE, INIT_SHARE, REPORT_SHARE, run_within
+from ._flyte_console import FlyteAction
 from ._job_end import JobEnd
 from ._node_service import first_rank_service, join_node_service
 from ._options import PARENT_RUN_KEY, WandbOptions
-from ._persist import DEFAULT_PERSIST_INTERVAL_S, SLOW_COPY_S, RunFilesCopier
+from ._persist import SLOW_COPY_S, RunFilesCopier, default_persist_interval
 from ._planner import RankPlan, creation_slot, plan_rank, run_files_prefix, system_metrics
 from ._queued import QueuedCalls
 from ._rank_run import CreationSlot, RankRun, logger, service_lost
@@ -149,6 +151,13 @@ class RankHooks:
         attempt = int(os.environ.get("FLYTE_ATTEMPT_NUMBER", "0"))
         meta = None
         if action is not None:
+            # the way back to the Flyte action: its console URL, in the notes and the config, and tags
+            flyte_action = FlyteAction.of(
+                os.environ, action.project or "", action.domain or "", run_name or "", action_name
+            )
+            options = replace(options, tags=flyte_action.tags(options.tags), notes=flyte_action.notes(options.notes))
+            if (topology.rank or 0) == 0 and options.alert_on_failure is not False:
+                end.alert = FailureAlert.of(flyte_action, topology)
             meta = {
                 "project": action.project,
                 "domain": action.domain,
@@ -161,6 +170,7 @@ class RankHooks:
                 "node_rank": topology.node_rank,
                 "world_size": topology.world_size,
                 "nproc_per_node": self.nproc_per_node,
+                "console_url": flyte_action.url,
             }
             if topology.pod_index is not None:  # a JobSet's pod
                 meta.update(pod_index=topology.pod_index, jobset_restart_attempt=topology.job_restart_attempt)
@@ -171,7 +181,7 @@ class RankHooks:
         copy_prefix = run_files_prefix(
             options, ctx.run_base_dir if ctx else None, run_name, action_name, topology.rank or 0
         )
-        interval = options.persist_interval or DEFAULT_PERSIST_INTERVAL_S
+        interval = options.persist_interval or default_persist_interval(topology.world_size or 1)
         if self.report and copy_prefix is not None and (topology.rank or 0) == 0:
             end.report = ReportTab(
                 options,
@@ -276,6 +286,7 @@ class RankEnd:
     copier: RunFilesCopier | None = None
     report: ReportTab | None = None
     queued: QueuedCalls | None = None
+    alert: FailureAlert | None = None  # global rank 0's, unless alert_on_failure=False
 
     def by(self, share: float) -> float:
         """Seconds from the function's return by which `share` of the end must be done."""
@@ -317,7 +328,8 @@ def _finish(rank_run: RankRun, published: Any, end: RankEnd, exit_code: int, err
         from . import _wandb_run
 
         try:
-            uploaded.append(_wandb_run.finish_run(run, exit_code, error))
+            alert = end.alert.compose(exit_code, error) if end.alert is not None else None
+            uploaded.append(_wandb_run.finish_run(run, exit_code, error, alert))
         except Exception as exc:
             if not service_lost(exc):
                 raise

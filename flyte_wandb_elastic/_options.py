@@ -40,6 +40,7 @@ _JSON_FIELDS = frozenset(
         "finish_timeout",
         "persist_interval",
         "max_run_creations_per_s",
+        "alert_on_failure",
     }
 )
 # `wandb.init` arguments that the options own; `init_kwargs` must not repeat them.
@@ -102,6 +103,9 @@ class WandbOptions:
             second (default 80, W&B's documented default rate for a project): the ranks that open
             one take rank-ordered slots, training meanwhile, and `init_timeout` counts from a
             rank's slot.
+        alert_on_failure: Whether a failed job sends one W&B alert (`run.alert`, which W&B
+            delivers by the project's Slack or e-mail settings) from its primary run, naming the
+            rank that failed first, its error and the Flyte action's console link (default `True`).
     """
 
     project: str | None = None
@@ -126,10 +130,13 @@ class WandbOptions:
     persist_interval: float | None = None
     persist_to: str | None = None
     max_run_creations_per_s: float | None = None
+    alert_on_failure: bool | None = None
 
     def __post_init__(self) -> None:
-        if self.blocking_init is not None and not isinstance(self.blocking_init, bool):
-            raise invalid("blocking_init", self.blocking_init, "True, False or None")
+        for name in ("blocking_init", "alert_on_failure"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, bool):
+                raise invalid(name, value, "True, False or None")
         _check_choice("on_init_failure", self.on_init_failure, ON_INIT_FAILURE)
         for name in ("flush_interval", "init_timeout", "finish_timeout", "persist_interval"):
             value = getattr(self, name)

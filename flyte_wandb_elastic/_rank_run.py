@@ -228,7 +228,7 @@ class RankRun:
             queued.forget()
 
     def _write(self, run: Any, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        result = getattr(run, name)(*args, **kwargs)
+        result = _apply(run, name, args, kwargs)
         if name == "log":
             self._sent.append((name, args, kwargs))
             self._sent_rows += 1
@@ -316,6 +316,10 @@ class RankRun:
         """`wandb.Run.define_metric`; queued until the run is open."""
         self._call("define_metric", (name, *args), kwargs)
 
+    def when_open(self, call: Callable[[Any], None]) -> None:
+        """`call(run)` with the `wandb.Run`; queued, in order with `log`, until the run is open."""
+        self._call("when_open", (call,), {})
+
     def _call(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         with self._lock:
             if self._lost:
@@ -337,7 +341,7 @@ class RankRun:
                         logger.warning("%r lost its W&B service again; what it logs now is not recorded", self)
                     return None
         run = self.wandb_run()  # opening failed: raises
-        return getattr(run, name)(*args, **kwargs)
+        return _apply(run, name, args, kwargs)
 
     def abandon(self) -> int:
         """Give the run up (its end ran out of time): nothing more is written or reopened.
@@ -379,3 +383,10 @@ class RankRun:
     def __repr__(self) -> str:
         state = "open" if self._run is not None else "failed" if self._error else "opening"
         return f"<RankRun {self._known.get('id', '?')} ({state})>"
+
+
+def _apply(run: Any, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """One call on the open `run`: its method `name`, or, for `when_open`, the callable given."""
+    if name == "when_open":
+        return args[0](run)
+    return getattr(run, name)(*args, **kwargs)

@@ -17,6 +17,7 @@ from wandb import env as wandb_env
 from wandb.sdk.lib import module as wandb_module
 from wandb.sdk.wandb_init import _set_global_run
 
+from ._alerts import Alert
 from ._deadline import DEFAULT_FINISH_TIMEOUT_S, INIT_SHARE, WANDB_SHARE
 from ._options import WandbOptions
 from ._planner import RankPlan
@@ -433,8 +434,11 @@ def write_queued(
     return Path(run.settings.sync_dir)
 
 
-def finish_run(run: Any, exit_code: int, error: str | None = None) -> bool:
+def finish_run(run: Any, exit_code: int, error: str | None = None, alert: Alert | None = None) -> bool:
     """Finish `run` with `exit_code` (0 for success), recording `error` in its summary if given.
+
+    `alert`, if given, is sent first (`run.alert`): online at once, offline kept in the run files,
+    from which `wandb sync` (and `python -m flyte_wandb_elastic sync`) sends it.
 
     Returns:
         Whether everything the run logged is on the W&B server: an online run whose upload
@@ -442,6 +446,11 @@ def finish_run(run: Any, exit_code: int, error: str | None = None) -> bool:
     """
     if error is not None:
         run.summary["flyte_error"] = error
+    if alert is not None:
+        try:
+            run.alert(title=alert.title, text=alert.text, level=alert.level)
+        except Exception as exc:  # the alert never stands in the way of the run's end
+            logger.warning("could not send the W&B alert %r (%s)", alert.title, exc)
     run.finish(exit_code=exit_code)
     if getattr(run, "_finish_timed_out", False):
         _send_no_telemetry()  # the server is lost: its telemetry check would hold the exit too
@@ -469,3 +478,26 @@ def kill_own_services() -> None:
             continue
     os.environ.pop(wandb_env.SERVICE, None)
     _send_no_telemetry()
+
+
+def log_reference(
+    run: Any, uri: str, name: str, aliases: list[str], metadata: dict[str, Any], used: bool = False
+) -> None:
+    """Log a W&B reference artifact of type `checkpoint` for the object(s) at `uri` (no bytes copied).
+
+    W&B records the URI and each object's checksum (an S3 object's ETag and version, a local
+    file's MD5): a directory or prefix is every object under it. With `used`, the run is recorded
+    as the artifact's user (W&B's `useArtifact`, which lineage shows), not its producer.
+
+    W&B's own `run.use_artifact` refuses an offline run and waits for the server; here the artifact
+    is logged with W&B's `use_after_commit` flag instead (what `use_artifact` itself does with an
+    artifact not yet logged): online, W&B's service records the use once the artifact is
+    committed, without the caller waiting; offline, the flag is kept in the run files, and
+    `wandb sync` records the use when it uploads them.
+    """
+    artifact = wandb.Artifact(name, type="checkpoint", metadata=metadata)
+    artifact.add_reference(uri)
+    if used:
+        run._log_artifact(artifact, aliases=aliases, use_after_commit=True)
+    else:
+        run.log_artifact(artifact, aliases=aliases)

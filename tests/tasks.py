@@ -202,6 +202,48 @@ def load(
     return rows
 
 
+def checkpointed(ckpt_uri: str, steps: int = 3, fail_rank: int = 1, fail_after_s: float = 2.0) -> int:
+    """A job that checkpoints to object storage and resumes from it, then fails on every start.
+
+    Each rank writes its shard `rank-<r>.bin` under `ckpt_uri` (an `s3://` prefix, reached with
+    boto3 at `AWS_S3_ENDPOINT_URL`) on the first start, and the job's checkpoint (both shards) is
+    logged with `log_checkpoint`; a later start finds the shards, reads its own and says so with
+    `use_checkpoint`. `fail_rank` raises `fail_after_s` after each start's checkpoint work.
+
+    Returns the torch elastic restart count (never reached while `fail_rank` is a rank of the job).
+    """
+    import boto3
+
+    from flyte_wandb_elastic import log_checkpoint, use_checkpoint
+
+    info = get_distributed_info()
+    rank, world = (info["rank"], info["world_size"]) if info else (0, 1)
+    restart = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+    bucket, _, prefix = ckpt_uri.removeprefix("s3://").partition("/")
+    s3 = boto3.client("s3", endpoint_url=os.environ["AWS_S3_ENDPOINT_URL"])
+    shards = [f"{prefix.rstrip('/')}/rank-{r}.bin" for r in range(world)]
+    run = get_wandb_run()
+    for step in range(steps):
+        if run is not None:
+            run.log({"row": step, "restart": restart, "rank": rank})
+    listed = s3.list_objects_v2(Bucket=bucket, Prefix=prefix).get("Contents", [])
+    if len(listed) == world:  # a checkpoint of an earlier start: load this rank's shard
+        assert s3.get_object(Bucket=bucket, Key=shards[rank])["Body"].read() == f"shard {rank}".encode()
+        use_checkpoint(ckpt_uri)
+    else:
+        s3.put_object(Bucket=bucket, Key=shards[rank], Body=f"shard {rank}".encode())
+        deadline = time.monotonic() + 30
+        while len(s3.list_objects_v2(Bucket=bucket, Prefix=prefix).get("Contents", [])) < world:
+            if time.monotonic() > deadline:
+                raise TimeoutError("the other ranks' shards were not written")
+            time.sleep(0.1)
+        log_checkpoint(ckpt_uri, aliases=("latest", f"restart-{restart}"))
+    if rank == fail_rank:
+        time.sleep(fail_after_s)
+        raise ValueError(f"rank {rank} fails after its checkpoint work (restart {restart})")
+    return restart
+
+
 def _log_row(run: Any, rank: int, row: int, data: dict[str, Any]) -> None:
     """Log `data` where this rank has a run, and note the row and when in `rank-<r>.steps`."""
     if run is None:
@@ -239,7 +281,14 @@ def make_env(**config: Any) -> flyte.TaskEnvironment:
 
 
 def make_task(function: str = "train", report: bool = False, **config: Any) -> Any:
-    """The task for `function` (`train`, `flaky`, `burst`, `paced` or `load`) on an environment built
-    from `config`, declared with Flyte's `report` flag."""
-    functions = {"train": train, "flaky": flaky, "burst": burst, "paced": paced, "load": load}
+    """The task for `function` (`train`, `flaky`, `burst`, `paced`, `load` or `checkpointed`) on an
+    environment built from `config`, declared with Flyte's `report` flag."""
+    functions = {
+        "train": train,
+        "flaky": flaky,
+        "burst": burst,
+        "paced": paced,
+        "load": load,
+        "checkpointed": checkpointed,
+    }
     return make_env(**config).task(functions[function], report=report)

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import Launch, assert_agrees_with_wandb_reader, launch
+from tests.records import POD_ENV, assert_links_back, console_url
 from tests.serialize import links, serialize
 from tests.tasks import make_task
 
@@ -98,7 +99,9 @@ def _check_flyte_metadata(result: Launch, nproc_per_node: int) -> None:
 @pytest.mark.parametrize(("run_mode", "rank_scope"), list(ONE_NODE))
 def test_one_node_two_ranks(tmp_path: Path, run_mode: str, rank_scope: str) -> None:
     config = {"nnodes": 1, "nproc_per_node": 2, "project": "p", "run_mode": run_mode, "rank_scope": rank_scope}
-    result = launch(tmp_path, config, inputs={"steps": STEPS})
+    config.update(tags=["mine"], notes="my notes")
+    # the pod knows the Flyte console's endpoint, as the backend tells every pod
+    result = launch(tmp_path, config, inputs={"steps": STEPS}, extra_env=POD_ENV)
     assert result.errors == []
     assert result.outcomes[0]["result"] == sum(sum(r + s for r in range(2)) for s in range(STEPS))
     assert result.layout() == ONE_NODE[(run_mode, rank_scope)]
@@ -110,13 +113,15 @@ def test_one_node_two_ranks(tmp_path: Path, run_mode: str, rank_scope: str) -> N
     }
     _check_links_agree(result, config)
     _check_flyte_metadata(result, nproc_per_node=2)
+    # and every run leads back to the Flyte action, after what the user wrote
+    assert_links_back(result.runs, console_url(), ["mine"], "my notes")
 
 
 @pytest.mark.parametrize(("run_mode", "rank_scope"), list(TWO_NODES))
 def test_two_nodes_two_ranks(tmp_path: Path, run_mode: str, rank_scope: str) -> None:
     config = {"nnodes": 2, "nproc_per_node": 2, "project": "p", "run_mode": run_mode, "rank_scope": rank_scope}
     # upstream-style code: rows go through `wandb.log`, and must land exactly as `run.log`'s do
-    result = launch(tmp_path, config, inputs={"steps": STEPS, "via_globals": True})
+    result = launch(tmp_path, config, inputs={"steps": STEPS, "via_globals": True}, extra_env=POD_ENV)
     assert result.errors == [], result.logs
     # the node holding global rank 0 returns the result; the other returns None
     assert [o["result"] for o in result.outcomes] == [sum(sum(range(s, s + 4)) for s in range(STEPS)), None]
@@ -125,6 +130,7 @@ def test_two_nodes_two_ranks(tmp_path: Path, run_mode: str, rank_scope: str) -> 
     assert {run.config["flyte"]["world_size"] for run in result.runs} == {4}
     _check_flyte_metadata(result, nproc_per_node=2)
     _check_links_agree(result, config)
+    assert_links_back(result.runs, console_url(), [], None)
     # `wandb.run` is each rank's own run, where it has one
     opened = {r.rows[0]["rank"]: r.run_id for r in result.runs}
     assert {rank: facts["global_run_id"] for rank, facts in result.facts.items()} == {
@@ -150,6 +156,8 @@ def test_user_id_and_group_in_new_mode(tmp_path: Path) -> None:
     )
     assert result.errors == []
     assert result.layout() == [("exp-rank-0", "g", "", True), ("exp-rank-1", "g", "", True)]
+    # a pod that knows no console endpoint: no URL, and the notes untouched; the tags still
+    assert_links_back(result.runs, None, [], None)
 
 
 def test_run_context_fills_unset_fields(tmp_path: Path) -> None:
@@ -165,6 +173,7 @@ def test_run_context_fills_unset_fields(tmp_path: Path) -> None:
     # run_mode and group came from the context; project declared on WandbElastic won
     assert result.layout() == [(f"{B}-rank-0", "ctx-group", "", True), (f"{B}-rank-1", "ctx-group", "", True)]
     assert {run.project for run in result.runs} == {"declared"}
+    assert_links_back(result.runs, None, ["t"], None)  # the context's tags first
 
 
 def test_api_key_secret_value_never_reaches_run_files(tmp_path: Path) -> None:
