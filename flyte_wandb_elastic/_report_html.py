@@ -22,9 +22,11 @@ from . import _spread
 from ._values import nonfinite_name, short
 
 TABLE_ROWS = 50
-# Rows listed at all (shown and folded): the rest are counted, so that the page stays under 1 MB
-# at 8,192 writers. The writers that stand out are listed first.
+# Rows listed at all (shown and folded), and the most characters they take once past
+# `TABLE_ROWS`: the rest are counted, so that the page stays under 1 MB at 8,192 writers. The
+# writers that stand out are listed first.
 MAX_TABLE_ROWS = 1000
+TABLE_CHARS = 400_000
 MAX_CHARTS = 12
 MAX_LINES = 20
 _BAND, _MEDIAN, _COUNT = "#dcdcdc", "#444444", "#cf222e"
@@ -96,11 +98,11 @@ def render_tab(rows: list[Row], layout: str, status: str, interval_s: float | No
     e = html.escape
     metrics = sorted({m for row in rows for m in row.curves})
     scale = _Scale(rows, metrics[:MAX_CHARTS], interval_s)
-    listed = scale.order[:MAX_TABLE_ROWS]
+    listed = _table_rows(rows, scale.order, scale.why)
     parts = [_STYLE, '<div class="fwe">', f'<p class="fwe-status">{e(status)}</p>']
-    parts.append(_table(rows, listed[:TABLE_ROWS], scale.why))
+    parts.append(_table(listed[:TABLE_ROWS]))
     if len(listed) > TABLE_ROWS:
-        folded = _table(rows, listed[TABLE_ROWS:], scale.why)
+        folded = _table(listed[TABLE_ROWS:])
         parts.append(f"<details><summary>{len(listed) - TABLE_ROWS} more runs</summary>{folded}</details>")
     if len(rows) > len(listed):
         parts.append(
@@ -162,12 +164,18 @@ class _Scale:
         self.order = _spread.first_ranked(len(rows), [failed, stalled, outlying])
 
 
-def _table(rows: list[Row], listed: list[int], why: dict[int, list[str]]) -> str:
-    e = html.escape
+def _table(body: list[str]) -> str:
     columns = ("Run", "Label", "Ranks", "Steps", "Last metrics", "State", "W&amp;B")
     head = f"<tr>{''.join(f'<th>{c}</th>' for c in columns)}</tr>"
-    body = []
-    for i in listed:
+    return f'<table class="fwe-runs">{head}{"".join(body)}</table>'
+
+
+def _table_rows(rows: list[Row], order: list[int], why: dict[int, list[str]]) -> list[str]:
+    """The table's rows in `order`, as many as `MAX_TABLE_ROWS` and `TABLE_CHARS` allow."""
+    e = html.escape
+    body: list[str] = []
+    size = 0
+    for i in order[:MAX_TABLE_ROWS]:
         row = rows[i]
         metrics = ", ".join(f"{k}={short(v)}" for k, v in sorted(row.metrics.items())) or "-"
         state_class = row.state.split()[0] if row.state.split()[0] in ("running", "finished", "failed") else "other"
@@ -177,12 +185,16 @@ def _table(rows: list[Row], listed: list[int], why: dict[int, list[str]]) -> str
             where = f"offline: <code>{e(row.sync)}</code>"
         else:
             where = "-"
-        body.append(
+        html_row = (
             f'<tr class="fwe-run"><td>{e(row.run_id)}</td><td>{e(row.label or "-")}</td>'
             f"<td>{e(', '.join(map(str, row.ranks)) or '-')}</td><td>{row.rows}</td><td>{e(metrics)}</td>"
             f'<td class="fwe-{state_class}">{e(row.state)}{_why(why.get(i))}</td><td>{where}</td></tr>'
         )
-    return f'<table class="fwe-runs">{head}{"".join(body)}</table>'
+        size += len(html_row)
+        if size > TABLE_CHARS and len(body) >= TABLE_ROWS:
+            break
+        body.append(html_row)
+    return body
 
 
 def _why(reasons: list[str] | None) -> str:

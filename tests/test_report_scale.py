@@ -145,6 +145,14 @@ def test_the_page_stays_under_a_megabyte_at_thousands_of_writers() -> None:
     # the failed writer is listed first, and drawn on every chart with why
     assert page.index("<td>r1-a0-rank-2999</td>") < page.index("<td>r1-a0-rank-0</td>")
     assert page.count('data-why="failed (exit 1)') == metrics
+    # writers that log many more metrics than are charted: the table lists fewer of them
+    for row in rows:
+        row.metrics.update({f"train/a-rather-long-metric-name-{k:02d}": 0.123456 for k in range(40)})
+    page = render_tab(rows, "layout", "Live", interval_s=30)
+    listed = page.count('class="fwe-run"')
+    assert len(page.encode()) < 1_000_000 and TABLE_ROWS < listed < MAX_TABLE_ROWS
+    assert f"{3_000 - listed} more runs not listed" in page
+    assert page.index("<td>r1-a0-rank-2999</td>") < page.index("<td>r1-a0-rank-0</td>")
 
 
 # -- the page, in a browser, from real stored runs ----------------------------------------------
