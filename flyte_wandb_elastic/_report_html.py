@@ -301,20 +301,19 @@ def _figure(metric: str, frame: _Frame, drawn: str, legend: str) -> str:
 
 
 def _chart(metric: str, rows: list[Row]) -> str:
-    """One metric's chart: a line per writer, broken at each non-finite value, which is marked
-    (NaN, +inf, -inf) at its step. The axes span the finite values only."""
-    shown = rows[:MAX_LINES]
-    steps = [s for row in shown for s, _ in row.curves[metric]]
-    finite = [v for row in shown for _, v in row.curves[metric] if math.isfinite(v)]
+    """One metric's chart, for at most `MAX_LINES` writers: a line per writer, broken at each
+    non-finite value, which is marked (NaN, +inf, -inf) at its step. The axes span the finite
+    values only."""
+    steps = [s for row in rows for s, _ in row.curves[metric]]
+    finite = [v for row in rows for _, v in row.curves[metric] if math.isfinite(v)]
     frame = _Frame(steps, finite)
     lines, marks = [], []
-    for i, row in enumerate(shown):
+    for i, row in enumerate(rows):
         line, its_marks = _line(frame, metric, row, i)
         lines.append(line)
         marks += its_marks
-    legend = "".join(_swatch(COLORS[i % len(COLORS)], row.name) for i, row in enumerate(shown))
-    more = f"<span>{len(rows) - len(shown)} more runs not drawn</span>" if len(rows) > len(shown) else ""
-    return _figure(metric, frame, "".join(lines) + "".join(marks), legend + more)
+    legend = "".join(_swatch(COLORS[i % len(COLORS)], row.name) for i, row in enumerate(rows))
+    return _figure(metric, frame, "".join(lines) + "".join(marks), legend)
 
 
 def _spread_chart(metric: str, rows: list[Row], scale: _Scale) -> str:
