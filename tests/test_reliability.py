@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import launch, wait_for_facts, wandb_core_processes
+from tests.records import POD_ENV, console_url, records
 
 pytestmark = pytest.mark.launch
 
@@ -31,7 +32,8 @@ def _no_core_left(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("run_mode", ["new", "shared"])
 def test_raising_rank_records_its_error_and_fails_the_task(tmp_path: Path, run_mode: str) -> None:
-    result = launch(tmp_path, {**ONE_NODE, "run_mode": run_mode}, inputs={"steps": 3, "fail_rank": 1})
+    inputs = {"steps": 3, "fail_rank": 1}
+    result = launch(tmp_path, {**ONE_NODE, "run_mode": run_mode}, inputs=inputs, extra_env=POD_ENV)
     [error] = result.errors
     assert "ValueError: rank 1 failed on purpose" in error
     [failed] = [run for run in result.runs if run.config["flyte"]["rank"] == 1]
@@ -42,13 +44,24 @@ def test_raising_rank_records_its_error_and_fails_the_task(tmp_path: Path, run_m
     [returned] = [run for run in result.runs if run.config["flyte"]["rank"] == 0]
     assert returned.exit_code == 143
     assert len(returned.rows) == 3
+    # the primary run (rank 0's), stopped by torch elastic, alerts once with the peer's failure
+    assert records(returned).alerts == [
+        {
+            "title": "Flyte job failed: r1/a0",
+            "text": f"Rank 1 failed first: ValueError: rank 1 failed on purpose\nFlyte action: {console_url()}",
+            "level": "ERROR",
+        }
+    ]
+    assert records(failed).alerts == []
 
 
 @pytest.mark.parametrize("run_mode", ["new", "shared"])
 def test_ranks_stopped_by_torch_elastic_finish_failed_and_keep_rows(tmp_path: Path, run_mode: str) -> None:
     # rank 1 fails at step 1 while rank 0 sleeps: torch elastic then stops rank 0 with SIGTERM
     inputs = {"steps": 3, "fail_rank": 1, "fail_step": 1, "sleep_rank": 0, "sleep_s": 60}
-    result = launch(tmp_path, {**ONE_NODE, "run_mode": run_mode}, inputs=inputs)
+    # the shared run's job turns the alert off
+    alerts = {"alert_on_failure": False} if run_mode == "shared" else {}
+    result = launch(tmp_path, {**ONE_NODE, "run_mode": run_mode, **alerts}, inputs=inputs)
     assert result.wall_s < JOB_END_BOUND_S
     [error] = result.errors
     assert "rank 1 failed on purpose at step 1" in error
@@ -58,6 +71,10 @@ def test_ranks_stopped_by_torch_elastic_finish_failed_and_keep_rows(tmp_path: Pa
     assert [len(by_rank[r].rows) for r in (0, 1)] == [1, 1]  # step 0, logged before the failure
     # no run of the failed job looks successful, the shared run's primary included
     assert all(run.exit_code not in (0, None) for run in result.runs)
+    # the pod knew no console endpoint: the alert names the action instead of linking it
+    expected = "Rank 1 failed first: ValueError: rank 1 failed on purpose at step 1\nFlyte action: r1/a0 in proj/dev"
+    assert [a["text"] for a in records(by_rank[0]).alerts] == ([] if alerts else [expected])
+    assert records(by_rank[1]).alerts == []
     _no_core_left(tmp_path)
 
 
@@ -76,6 +93,8 @@ def test_rank_stopped_while_blocked_in_a_collective_finishes_failed(tmp_path: Pa
     assert by_rank[0].exit_code == 143
     assert len(by_rank[0].rows) == 1
     assert by_rank[1].exit_code not in (0, None)
+    # stopped from outside, with no rank's failure recorded: cancelled, not failed, so no alert
+    assert [records(run).alerts for run in result.runs] == [[], []]
     _no_core_left(tmp_path)
 
 
@@ -154,6 +173,8 @@ def test_restarted_worker_group_reopens_its_runs_and_loses_nothing(tmp_path: Pat
         assert [(row["restart"], row["row"]) for row in rows] == [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1), (1, 2)]
         assert [row["_step"] for row in rows] == list(range(6))
         assert files[-1].exit_code == 0
+        # a start that torch elastic restarts is not the job's failure: no alert
+        assert [records(f).alerts for f in files] == [[], []]
 
 
 def test_flyte_retry_reopens_the_runs_of_the_failed_attempt(tmp_path: Path) -> None:
