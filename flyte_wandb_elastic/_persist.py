@@ -12,17 +12,27 @@ its offset to the end of the file at the time of the copy:
     <prefix>/<run dir>/run-<id>.wandb.parts/000000000000000   first copy: bytes 0..n
     <prefix>/<run dir>/run-<id>.wandb.parts/000000000004096   next copy: bytes 4096..m
 
-Every other file is sent whole, when its size or modification time changed. `assemble` puts the
-parts back together. A copy that fails is tried again at the next interval (warned about once):
-training never waits for it.
+Every `COMPACT_PARTS` parts of a file are joined into one segment (`<start>-<end>`, sent from the
+pod's own file: no download), which the manifest names in their place; the parts are deleted one
+compaction later, when no reader can still hold a manifest that names them. So a copy holds at
+most `COMPACT_PARTS` parts of a file beside its segments, and each byte is sent at most twice.
+Every other file is sent whole, when its size or modification time changed. W&B's own debug logs
+(`logs/debug*.log`), which hold no row, are sent only by the last copy (at the rank's end, whether
+it finished or failed). After each copy that sent something, the copy's manifest (see
+`_manifest`) is rewritten; readers read it first and then what it names. A copy that fails is
+tried again at the next interval (warned about once): training never waits for it.
 
-Process: a rank's own process, in a thread of its own; `assemble` wherever the copies are read.
+`fetch_copies` reads the copies back whole (by their manifests, or for copies without one, by
+joining the parts).
+
+Process: a rank's own process, in a thread of its own; `fetch_copies` wherever the copies are read.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 import shutil
 import threading
 import time
@@ -30,6 +40,7 @@ from pathlib import Path
 
 from . import _storage
 from ._deadline import run_within
+from ._manifest import MANIFESTS, Manifest, Piece, manifest_uri, read_manifest
 from ._rank_run import lower_this_threads_priority
 
 logger = logging.getLogger("flyte_wandb_elastic")
@@ -37,7 +48,17 @@ logger = logging.getLogger("flyte_wandb_elastic")
 PARTS_SUFFIX = ".parts"
 # The record, beside a run directory's copy, that its rows are on a W&B server.
 SYNCED_MARKER = "flyte-wandb-synced.json"
+# The name of a copied run directory: W&B's (`[offline-]run-<time>-<id>`) or the queued calls' (see `_queued`)
+_COPY_NAME = re.compile(r"^(?:offline-)?run-\d{8}_\d{6}-|^flyte-queued-")
 DEFAULT_PERSIST_INTERVAL_S = 30.0
+# Write requests (PUTs, and deletes) a whole job may send to its storage per second by default: well
+# under a fresh bucket's rate (S3: 3,500 writes/s per prefix; GCS: about 1,000 writes/s per bucket).
+PUT_BUDGET_PER_S = 500.0
+# Parts of a file joined into one segment (see the module docstring).
+COMPACT_PARTS = 16
+# Write requests one copy of a busy rank sends: a part of its `.wandb` log and of `files/output.log`,
+# its manifest, and every `COMPACT_PARTS` copies a segment of each and a delete.
+PUTS_PER_COPY = 3.0 + 4.0 / COMPACT_PARTS
 # A copy still going after this long (or after one interval, if longer) is warned about.
 SLOW_COPY_S = 10.0
 # At a rank's end, the run's files count as written once they have not changed for this long
@@ -48,6 +69,14 @@ SETTLE_S = 3.0
 CANCEL_WAIT_S = 1.0
 _APPEND_ONLY = (".wandb", ".log")
 _SKIPPED_DIRS = ("tmp",)  # W&B's scratch space: nothing in it is a record
+_LAST_ONLY_DIRS = ("logs",)  # W&B's debug logs: no row, no user output; sent by the last copy only
+
+
+def default_persist_interval(world_size: int) -> float:
+    """Seconds between copies where `persist_interval` is not declared: 30 s, or longer for a job
+    so large that its ranks would send more than `PUT_BUDGET_PER_S` write requests a second
+    (53.2 s at 1,024 x 8)."""
+    return max(DEFAULT_PERSIST_INTERVAL_S, world_size * PUTS_PER_COPY / PUT_BUDGET_PER_S)
 
 
 class RunFilesCopier:
@@ -67,8 +96,13 @@ class RunFilesCopier:
         self.interval_s = interval_s
         self.bytes_sent = 0
         self.copies = 0
+        self.manifest = Manifest()
         self._sent_offsets: dict[Path, int] = {}
         self._sent_stamps: dict[Path, tuple[int, int]] = {}
+        self._unsealed: dict[str, list[Piece]] = {}  # each file's parts not yet in a segment
+        # parts in a segment, by the manifest version that first left them out: deleted once no
+        # manifest of the last `COMPACT_PARTS` copies names them
+        self._doomed: list[tuple[int, list[str]]] = []
         self._lock = threading.Lock()  # one copy at a time
         self._calls = _storage.Calls()  # cancelled when the last copy is given up
         self._stop = threading.Event()
@@ -86,12 +120,19 @@ class RunFilesCopier:
         self._thread = threading.Thread(target=loop, name="flyte-wandb-elastic-copy", daemon=True)
         self._thread.start()
 
-    def copy(self) -> bool:
-        """Send what changed since the last copy; whether everything was sent."""
+    def copy(self, final: bool = False) -> bool:
+        """Send what changed since the last copy (the debug logs too if `final`), then the manifest;
+        whether everything was sent."""
         with self._lock:
             try:
-                for path in sorted(self._files()):
-                    self._send(path)
+                sent = [self._send(path) for path in sorted(self._files(final))]
+                if any(sent) or (final and not self.manifest.ended):
+                    self.manifest.copies += 1
+                    self.manifest.ended = final
+                    data = self.manifest.to_json()
+                    _storage.put_bytes(manifest_uri(self.uri), data, self._calls)
+                    self.bytes_sent += len(data)
+                    self._delete_doomed()
             except Exception as exc:  # storage down or refusing: next time
                 self._warn_once(f"{type(exc).__name__}: {exc}")
                 return False
@@ -135,9 +176,9 @@ class RunFilesCopier:
             # when `finish` returns: copy once it has been quiet a moment, and again if it wrote on.
             if settle:
                 self._wait_until_quiet(min(SETTLE_S, timeout_s / 2))
-            outcome.append(self.copy())
+            outcome.append(self.copy(final=True))
             if settle and self._wait_until_quiet(min(SETTLE_S, timeout_s / 4)):
-                outcome[0] = self.copy()
+                outcome[0] = self.copy(final=True)
             if outcome[0] and synced:
                 mark_synced(self.uri, "uploaded by the run itself", self._calls)
 
@@ -172,7 +213,7 @@ class RunFilesCopier:
         """Wait until no file of the run has changed for `QUIET_S` (at most `timeout_s`); whether any did."""
 
         def sizes() -> dict[Path, int]:
-            return {p: p.stat().st_size for p in self._files() if p.exists()}
+            return {p: p.stat().st_size for p in self._files(final=True) if p.exists()}
 
         deadline = time.monotonic() + timeout_s
         first = last = sizes()
@@ -184,14 +225,14 @@ class RunFilesCopier:
                 last, quiet_since = now, time.monotonic()
         return last != first
 
-    def _files(self) -> list[Path]:
+    def _files(self, final: bool) -> list[Path]:
+        skipped = _SKIPPED_DIRS if final else _SKIPPED_DIRS + _LAST_ONLY_DIRS
         return [
-            p
-            for p in self.run_dir.rglob("*")
-            if p.is_file() and p.relative_to(self.run_dir).parts[0] not in _SKIPPED_DIRS
+            p for p in self.run_dir.rglob("*") if p.is_file() and p.relative_to(self.run_dir).parts[0] not in skipped
         ]
 
-    def _send(self, path: Path) -> None:
+    def _send(self, path: Path) -> bool:
+        """Send what changed of one file; whether anything was sent."""
         relative = path.relative_to(self.run_dir).as_posix()
         if path.name.endswith(_APPEND_ONLY):
             offset = self._sent_offsets.get(path, 0)
@@ -199,18 +240,48 @@ class RunFilesCopier:
                 f.seek(offset)
                 data = f.read()
             if not data:
-                return
-            _storage.put_bytes(_storage.join(self.uri, relative + PARTS_SUFFIX, f"{offset:015d}"), data, self._calls)
-            self._sent_offsets[path] = offset + len(data)
+                return False
+            part = Piece(offset, offset + len(data), f"{relative}{PARTS_SUFFIX}/{offset:015d}")
+            _storage.put_bytes(_storage.join(self.uri, part.key), data, self._calls)
+            self._sent_offsets[path] = part.end
+            self.manifest.files.setdefault(relative, []).append(part)
+            self._unsealed.setdefault(relative, []).append(part)
+            if len(self._unsealed[relative]) >= COMPACT_PARTS:
+                self._compact(path, relative)
         else:
             stat = path.stat()
             stamp = (stat.st_size, stat.st_mtime_ns)
             if self._sent_stamps.get(path) == stamp:
-                return
+                return False
             data = path.read_bytes()
             _storage.put_bytes(_storage.join(self.uri, relative), data, self._calls)
             self._sent_stamps[path] = stamp
+            self.manifest.files[relative] = [Piece(0, len(data), relative)]
         self.bytes_sent += len(data)
+        return True
+
+    def _compact(self, path: Path, relative: str) -> None:
+        """Join the file's unsealed parts into one segment, sent from the pod's own file (the same
+        bytes: the file is only appended to). The manifest names the segment in their place from
+        this copy on; they are deleted at the next compaction."""
+        parts = self._unsealed.pop(relative)
+        start, end = parts[0].start, parts[-1].end
+        with open(path, "rb") as f:
+            f.seek(start)
+            data = f.read(end - start)
+        segment = Piece(start, end, f"{relative}{PARTS_SUFFIX}/{start:015d}-{end:015d}")
+        _storage.put_bytes(_storage.join(self.uri, segment.key), data, self._calls)
+        self.bytes_sent += len(data)
+        keys = {p.key for p in parts}
+        self.manifest.files[relative] = [p for p in self.manifest.files[relative] if p.key not in keys] + [segment]
+        self._doomed.append((self.manifest.copies + 1, sorted(keys)))
+
+    def _delete_doomed(self) -> None:
+        """Delete the parts that no manifest of the last `COMPACT_PARTS` copies names (in one request)."""
+        due = [entry for entry in self._doomed if entry[0] <= self.manifest.copies - COMPACT_PARTS]
+        if due:
+            _storage.delete([_storage.join(self.uri, key) for _, keys in due for key in keys], self._calls)
+            self._doomed = [entry for entry in self._doomed if entry not in due]
 
 
 def mark_synced(run_dir_uri: str, how: str, calls: _storage.Calls | None = None) -> None:
@@ -220,23 +291,30 @@ def mark_synced(run_dir_uri: str, how: str, calls: _storage.Calls | None = None)
 
 
 def assemble(root: Path) -> None:
-    """Put every `<file>.parts/` folder under `root` back together as `<file>`, in place.
+    """Put every `<file>.parts/` folder under `root` back together as `<file>`, in place (copies
+    without a manifest).
 
-    Parts are joined in offset order up to the first gap (a part whose upload never succeeded is
-    retried under the same offset, so a gap means the copy stopped there). A `.wandb` log ends at
-    its last whole record: a copy taken while W&B was writing one holds half of it, which W&B's
-    own reader refuses.
+    Parts (and segments, named `<start>-<end>`) are joined in offset order up to the first gap (a
+    part whose upload never succeeded is retried under the same offset, so a gap means the copy
+    stopped there). A `.wandb` log ends at its last whole record: a copy taken while W&B was
+    writing one holds half of it, which W&B's own reader refuses.
     """
     for parts in sorted(root.rglob("*" + PARTS_SUFFIX)):
         if not parts.is_dir():
             continue
         target = parts.with_name(parts.name[: -len(PARTS_SUFFIX)])
+        pieces: list[tuple[int, int, Path]] = []
+        for part in parts.iterdir():
+            first, _, last = part.name.partition("-")
+            pieces.append((int(first), -int(last) if last else 0, part))
         with open(target, "wb") as out:
-            for part in sorted(parts.iterdir(), key=lambda p: int(p.name)):
-                if int(part.name) > out.tell():
+            for start, _, part in sorted(pieces):
+                if start > out.tell():
                     break
                 data = part.read_bytes()
-                out.seek(int(part.name))
+                if start + len(data) <= out.tell():
+                    continue  # held already (by a segment)
+                out.seek(start)
                 out.write(data)
                 out.truncate()
             if target.suffix == ".wandb":  # a copy taken mid-write ends in half a record: drop it
@@ -258,22 +336,74 @@ def whole_records_end(path: Path) -> int:
 
 
 def fetch_copies(uri: str, into: Path) -> Path:
-    """A local tree of the run directories stored under `uri`, their parts put back together.
+    """A local tree of the run directories stored under `uri`, their files whole.
 
     `uri` is a storage URI (`s3://...`) or a local directory: the run base directory of a Flyte
-    run, anything under it, or a plain `WANDB_DIR`. A local tree without parts is read in place;
-    anything else is copied under `into` first, so the stored copies are never changed.
+    run, anything under it, or a plain `WANDB_DIR`. One flat listing finds the copies; each copy
+    with a manifest is read by it (the fewest objects that hold each file, in parallel), which a
+    copier writing meanwhile never leaves half done; a copy without one (an older version's) is
+    read whole and its parts joined. A local tree without copies is read in place; anything else is
+    written under `into` first, so the stored copies are never changed.
 
     Raises:
         FileNotFoundError: Nothing is stored under `uri`.
     """
-    root = _storage.download_tree(uri, into / "copy")
-    if root != into / "copy":  # local: read in place unless parts must be joined
-        if not any(p.is_dir() for p in root.rglob("*" + PARTS_SUFFIX)):
-            return root
-        root = Path(shutil.copytree(root, into / "copy", dirs_exist_ok=True))
+    local = Path(uri.removeprefix("file://")) if _storage.is_local(uri) else None
+    if local is not None and not local.exists():
+        raise FileNotFoundError(f"{uri}: no such directory")
+    listed = _storage.list_flat(uri)
+    if local is not None and not any(PARTS_SUFFIX + "/" in key for key in listed):
+        return local  # a plain WANDB_DIR
+    if not listed:
+        raise FileNotFoundError(f"{uri}: nothing is stored there")
+    root = into / "copy"
+    copies: dict[str, list[str]] = {}
+    for key in listed:
+        names = key.split("/")
+        at = next((i for i, name in enumerate(names[:-1]) if _COPY_NAME.match(name)), None)
+        if at is not None and MANIFESTS not in names[:at]:
+            copies.setdefault("/".join(names[: at + 1]), []).append("/".join(names[at + 1 :]))
+    manifests = _storage.read_many([manifest_uri(_storage.join(uri, copy)) for copy in copies])
+    legacy: list[str] = []
+    by_manifest: dict[str, Manifest] = {}
+    for copy, keys in copies.items():
+        found = manifests[manifest_uri(_storage.join(uri, copy))]
+        if found is None:
+            legacy += [f"{copy}/{key}" for key in keys]
+        else:
+            by_manifest[copy] = Manifest.from_json(found)
+            legacy += [f"{copy}/{key}" for key in keys if key == SYNCED_MARKER]
+    _storage.download(uri, legacy, root)
+    _write_by_manifests(uri, by_manifest, root)
     assemble(root)
     return root
+
+
+def _write_by_manifests(uri: str, manifests: dict[str, Manifest], root: Path) -> None:
+    """Write each copy's files under `root/<copy>` from the pieces its manifest names (a piece gone
+    meanwhile, compacted by a copier far ahead of this reader: its manifest is read again, once)."""
+    plans = {copy: {name: m.pieces_from(name, 0) for name in m.files} for copy, m in manifests.items()}
+    uris = [_storage.join(uri, copy, p.key) for copy, plan in plans.items() for ps in plan.values() for p in ps]
+    contents = _storage.read_many(uris)
+    for copy, plan in plans.items():
+        if any(contents[_storage.join(uri, copy, p.key)] is None for ps in plan.values() for p in ps):
+            again = read_manifest(_storage.join(uri, copy))
+            if again is not None:
+                plan = {name: again.pieces_from(name, 0) for name in again.files}
+                keys = [_storage.join(uri, copy, p.key) for ps in plan.values() for p in ps]
+                contents.update(_storage.read_many(keys))
+        for name, pieces in plan.items():
+            target = root / copy / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with open(target, "wb") as out:
+                for piece in pieces:
+                    data = contents[_storage.join(uri, copy, piece.key)]
+                    if data is None:
+                        break  # stop at the gap
+                    out.write(data[out.tell() - piece.start :])
+            if target.suffix == ".wandb":
+                with open(target, "r+b") as out:
+                    out.truncate(whole_records_end(target))
 
 
 def run_dirs(root: Path) -> list[Path]:

@@ -37,6 +37,9 @@ TAB_NAME = "Weights & Biases"
 STOPPED_WAIT_S = 5.0
 # The most one write of the report to storage may take.
 FLUSH_TIMEOUT_S = 10.0
+# The share of the time a live refresh may spend parsing in rank 0's process (see `StoredRuns`): it
+# sleeps between short bursts, so that the training thread waits little for the GIL.
+REFRESH_SHARE = 0.25
 
 
 class ReportTab:
@@ -69,7 +72,7 @@ class ReportTab:
         self.options = options
         self.prefix = prefix
         self.interval_s = interval_s
-        self.stored = StoredRuns(prefix)
+        self.stored = StoredRuns(prefix, share=REFRESH_SHARE)
         self.layout = layout_diagram(options, nnodes, nproc_per_node)
         self.planned: dict[int, tuple[str, str]] = {}  # rank -> (run id, label), for ranks that write
         for rank in range(nnodes * nproc_per_node):
@@ -100,6 +103,7 @@ class ReportTab:
     def finish(self, timeout_s: float, stopped: bool) -> None:
         """Write the tab a last time, once every writer's end is in storage or `timeout_s` has passed."""
         self._stop.set()
+        self.stored.share = 1.0  # the rank's function has returned: nothing to make room for
         flush_s = min(FLUSH_TIMEOUT_S, max(0.0, timeout_s) / 4)  # for the write itself
         wait_s = max(0.0, timeout_s - flush_s)
         deadline = time.monotonic() + (min(wait_s, STOPPED_WAIT_S) if stopped else wait_s)

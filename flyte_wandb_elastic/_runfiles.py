@@ -52,13 +52,16 @@ def iter_records(path: str | Path) -> Iterator[Any]:
         yield record
 
 
-def parse_records(data: bytes, start: int, base: int = 0) -> Iterator[tuple[Any, int]]:
+def parse_records(
+    data: bytes, start: int, base: int = 0, skip: frozenset[int] = frozenset()
+) -> Iterator[tuple[Any, int]]:
     """Yield each whole record in `data` from file offset `start`, with the offset just after it.
 
     `data` holds the file's bytes from offset `base` (a reader that keeps only the unread tail of
     a growing file passes where that tail starts). `start` must be the header's end or an offset
     this function yielded. Stops quietly at a truncated or torn tail, which a later, longer
-    `data` may complete.
+    `data` may complete. A record whose type (the field number of its `record_type`, see
+    `SUMMARY` and its neighbours) is in `skip` is not decoded: `None` is yielded in its place.
     """
     from wandb.proto import wandb_internal_pb2
 
@@ -86,10 +89,35 @@ def parse_records(data: bytes, start: int, base: int = 0) -> Iterator[tuple[Any,
             continue
         if kind not in (_FULL, _LAST):
             return
+        if skip and _record_type(pending) in skip:
+            pending = b""
+            yield None, pos
+            continue
         record = wandb_internal_pb2.Record()  # type: ignore[attr-defined]
         record.ParseFromString(pending)
         pending = b""
         yield record, pos
+
+
+# Field numbers of `Record.record_type` (wandb_internal.proto) that readers may pass over.
+SUMMARY, OUTPUT, CONFIG, FILES, STATS, TELEMETRY, METRIC, OUTPUT_RAW = 3, 4, 5, 6, 7, 11, 12, 13
+
+
+def _record_type(message: bytes) -> int:
+    """The field number of a serialized `Record`'s first field after `num` (field 1): its
+    `record_type` where that is a field of the oneof (at most one is set), else 0 (decode it)."""
+    pos = 0
+    if message[:1] == b"\x08":  # num, a varint
+        pos = 1
+        while pos < len(message) and message[pos] & 0x80:
+            pos += 1
+        pos += 1
+    if pos >= len(message):
+        return 0
+    tag = message[pos]
+    if tag & 0x80:  # a field number above 15: not one of those passed over
+        return 0
+    return tag >> 3
 
 
 @dataclass

@@ -12,12 +12,16 @@ import asyncio
 import contextlib
 import threading
 from collections.abc import Coroutine
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 import flyte.storage as storage
 
 T = TypeVar("T")
+
+# Requests a reader makes at a time (reads of many small objects are bound by round trips).
+PARALLEL = 64
 
 
 class Cancelled(Exception):
@@ -81,6 +85,11 @@ def _local(uri: str) -> Path | None:
     return Path(uri.removeprefix("file://"))
 
 
+def is_local(uri: str) -> bool:
+    """Whether `uri` is a local path (or `file://` URI) rather than remote storage."""
+    return _local(uri) is not None
+
+
 def make_local_dir(uri: str) -> None:
     """Create the directory `uri` if it is local (remote storage has no directories to create)."""
     local = _local(uri)
@@ -102,17 +111,67 @@ def put_bytes(uri: str, data: bytes, calls: Calls | None = None) -> None:
 
 
 def read_bytes(uri: str) -> bytes | None:
-    """The content of the object `uri`, or `None` when there is none."""
-    local = _local(uri)
-    if local is not None:
-        return local.read_bytes() if local.is_file() else None
+    """The content of the object `uri`, or `None` when there is none (one GET)."""
+    return read_many([uri])[uri]
 
-    async def read() -> bytes | None:
-        if not await storage.exists(uri):
-            return None
-        return b"".join([chunk async for chunk in storage.get_stream(uri)])
 
-    return asyncio.run(read())
+def read_many(uris: list[str], parallel: int = PARALLEL) -> dict[str, bytes | None]:
+    """The content of each object in `uris` (`None` where there is none), `parallel` at a time."""
+    remote = [u for u in uris if _local(u) is None]
+    out: dict[str, bytes | None] = {}
+    for uri in uris:
+        local = _local(uri)
+        if local is not None:
+            try:
+                out[uri] = local.read_bytes()
+            except (FileNotFoundError, IsADirectoryError):
+                out[uri] = None
+    if not remote:
+        return out
+    fs: Any = storage.get_underlying_filesystem(path=remote[0])
+    store, paths = _object_store(fs, remote)  # one client for every read
+
+    async def one(uri: str, path: str | None, gate: asyncio.Semaphore) -> None:
+        async with gate:
+            try:
+                if store is None:
+                    out[uri] = await fs._cat_file(uri)
+                else:
+                    found = await store.get_async(path)
+                    out[uri] = (await found.bytes_async()).to_bytes()
+            except Exception as exc:  # only a missing object is an answer; anything else raises
+                if not _missing(exc):
+                    raise
+                out[uri] = None
+
+    async def every() -> None:
+        gate = asyncio.Semaphore(parallel)
+        await asyncio.gather(*(one(u, paths[i] if paths else None, gate) for i, u in enumerate(remote)))
+
+    asyncio.run(every())
+    return out
+
+
+def delete(uris: list[str], calls: Calls | None = None) -> None:
+    """Delete the objects (or files) `uris`; those already gone are passed over. Remote objects of
+    one bucket go in batched requests where the store offers them (S3's DeleteObjects: 1,000 a request)."""
+    remote = [u for u in uris if _local(u) is None]
+    for uri in uris:
+        local = _local(uri)
+        if local is not None:
+            local.unlink(missing_ok=True)
+    if not remote:
+        return
+    fs: Any = storage.get_underlying_filesystem(path=remote[0])
+    store, paths = _object_store(fs, remote)
+
+    async def rm() -> None:
+        if store is not None:
+            await store.delete_async(paths)
+        else:
+            await fs._rm([u.split("://", 1)[1] for u in remote])
+
+    (calls.run if calls is not None else asyncio.run)(rm())
 
 
 def download_tree(uri: str, to: Path) -> Path:
@@ -128,23 +187,86 @@ def download_tree(uri: str, to: Path) -> Path:
         if not local.exists():
             raise FileNotFoundError(f"{uri}: no such directory")
         return local
-    fs: Any = storage.get_underlying_filesystem(path=uri)
-    found = fs.find(uri.split("://", 1)[1])
+    found = list_flat(uri)
     if not found:
         raise FileNotFoundError(f"{uri}: nothing is stored there")
-    to.mkdir(parents=True, exist_ok=True)
-    asyncio.run(storage.get(uri, str(to), recursive=True))
+    download(uri, list(found), to)
     return to
 
 
-def list_sizes(uri: str) -> dict[str, int]:
-    """Every object (or file) under `uri`, by its path relative to `uri`, with its size in bytes."""
+def download(uri: str, relative: list[str], to: Path) -> None:
+    """Write the objects `uri/<r>` for each `r` in `relative` as `to/<r>`, `PARALLEL` at a time."""
+    contents = read_many([join(uri, r) for r in relative])
+    for r in relative:
+        data = contents[join(uri, r)]
+        if data is not None:
+            target = to / r
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(data)
+
+
+@dataclass(frozen=True)
+class Listed:
+    """One object as a listing shows it: its size, and a tag that changes whenever it is rewritten."""
+
+    size: int
+    tag: str
+
+
+def list_flat(uri: str) -> dict[str, Listed]:
+    """Every object (or file) under `uri`, by its path relative to `uri`.
+
+    One flat listing of the prefix: a request per 1,000 objects however deep they lie (a walk
+    would list each folder apart).
+    """
     local = _local(uri)
     if local is not None:
         if not local.is_dir():
             return {}
-        return {p.relative_to(local).as_posix(): p.stat().st_size for p in local.rglob("*") if p.is_file()}
+        out = {}
+        for p in local.rglob("*"):
+            if p.is_file():
+                stat = p.stat()
+                out[p.relative_to(local).as_posix()] = Listed(stat.st_size, f"{stat.st_size}-{stat.st_mtime_ns}")
+        return out
     fs: Any = storage.get_underlying_filesystem(path=uri)
-    root = uri.split("://", 1)[1].rstrip("/")
-    found = fs.find(root, detail=True)
-    return {path[len(root) + 1 :]: int(info.get("size") or 0) for path, info in found.items() if path != root}
+    root = uri.rstrip("/")
+    store, [prefix] = _object_store(fs, [root])
+    if store is None:  # a store obstore does not serve: fsspec's own walk
+        found = fs.find(root.split("://", 1)[1], detail=True)
+        plain = root.split("://", 1)[1]
+        return {
+            path[len(plain) + 1 :]: Listed(int(info.get("size") or 0), str(info.get("ETag") or info.get("mtime")))
+            for path, info in found.items()
+            if path != plain
+        }
+    import obstore
+
+    async def every() -> dict[str, Listed]:
+        out: dict[str, Listed] = {}
+        async for batch in obstore.list(store, prefix=prefix + "/"):
+            for meta in batch:
+                tag = str(meta.get("e_tag") or meta.get("last_modified"))
+                out[meta["path"][len(prefix) + 1 :]] = Listed(int(meta["size"]), tag)
+        return out
+
+    return asyncio.run(every())
+
+
+def list_sizes(uri: str) -> dict[str, int]:
+    """Every object (or file) under `uri`, by its path relative to `uri`, with its size in bytes."""
+    return {path: listed.size for path, listed in list_flat(uri).items()}
+
+
+def _missing(exc: BaseException) -> bool:
+    """Whether `exc` says the object does not exist (fsspec's or obstore's way)."""
+    return isinstance(exc, FileNotFoundError) or type(exc).__name__ == "NotFoundError"
+
+
+def _object_store(fs: Any, uris: list[str]) -> tuple[Any, list[str]]:
+    """The obstore store behind `fs` for the bucket of `uris`, and their paths in it; `(None, [])`
+    when `fs` is not obstore's (then fsspec's own calls are used)."""
+    if not hasattr(fs, "_construct_store") or not hasattr(fs, "_split_path"):
+        return None, []
+    split = [fs._split_path(u) for u in uris]
+    return fs._construct_store(split[0][0]), [path for _, path in split]

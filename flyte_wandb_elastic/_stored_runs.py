@@ -1,9 +1,12 @@
 """What the run files copied to storage say so far, read incrementally: the report tab's source.
 
 Each rank's copies lie under `<action prefix>/rank-<r>/<run dir>/` (see `run_files_prefix`), the
-`.wandb` transaction log as numbered parts (see `_persist`). `StoredRuns.refresh()` fetches only
-the parts it has not read yet and parses only the records they complete. Each rank's writer keeps
-its row count, the last value of each metric and bounded, downsampled curves, so the work and
+`.wandb` transaction log as numbered parts and segments, and each copy's manifest under
+`<action prefix>/manifests/rank-<r>/<run dir>.json` (see `_persist`, `_manifest`).
+`StoredRuns.refresh()` lists the manifests folder (one request per 1,000 writers), reads only
+the manifests whose tag changed, then only the pieces of their logs it has not read yet (all of
+them in parallel), and parses only the records they complete. Each rank's writer keeps its row
+count, the last value of each metric and bounded, downsampled curves, so the requests, work and
 memory of a refresh grow with what was logged since the last one, not with the run.
 
 Process: rank 0's process, in the report's thread (see `_report`).
@@ -13,12 +16,25 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from . import _storage
-from ._persist import PARTS_SUFFIX
-from ._runfiles import _HEADER, _MAGIC, parse_records
+from ._manifest import MANIFESTS, Manifest, Piece
+from ._runfiles import (
+    _HEADER,
+    _MAGIC,
+    CONFIG,
+    FILES,
+    METRIC,
+    OUTPUT,
+    OUTPUT_RAW,
+    STATS,
+    SUMMARY,
+    TELEMETRY,
+    parse_records,
+)
 from ._values import nonfinite_name
 
 # Finite points kept per curve: between MAX_POINTS and twice as many, evenly spread over the steps.
@@ -26,7 +42,12 @@ MAX_POINTS = 100
 # Runs of non-finite values kept per curve (the first point of each): up to 2 * MAX_BREAKS, evenly
 # spread over the runs once there are more.
 MAX_BREAKS = 100
-_PART = re.compile(rf"^rank-(\d+)/([^/]+)/run-[^/]+\.wandb{re.escape(PARTS_SUFFIX)}/(\d+)$")
+_MANIFEST = re.compile(r"^rank-(\d+)/([^/]+)\.json$")
+# The longest a paced refresh parses before it sleeps (see `StoredRuns`).
+BURST_S = 0.001
+# Records the tab does not read (it reads `run`, `history` and `exit`): not decoded at all.
+_PASSED_OVER = frozenset({SUMMARY, OUTPUT, CONFIG, FILES, STATS, TELEMETRY, METRIC, OUTPUT_RAW})
+_LOG = re.compile(r"^run-[^/]+\.wandb$")
 
 
 class _Thinned:
@@ -122,19 +143,35 @@ class Writer:
         elif kind == "history":
             self.rows += 1
             row = {item.key or "/".join(item.nested_key): item.value_json for item in record.history.item}
-            step = int(json.loads(row.get("_step", "0")))
+            step = int(_json_value(row.get("_step", "0")))
             self.last_step = step
             if "_timestamp" in row:
-                self.last_time = float(json.loads(row["_timestamp"]))
+                self.last_time = float(_json_value(row["_timestamp"]))
             for key, raw in row.items():
                 if key.startswith("_"):
                     continue
-                value = json.loads(raw)
+                value = _json_value(raw)
                 self.metrics[key] = value
                 if isinstance(value, (int, float)) and not isinstance(value, bool):
-                    self.curves.setdefault(key, Curve()).add(step, float(value))
+                    curve = self.curves.get(key)
+                    if curve is None:
+                        curve = self.curves[key] = Curve()
+                    curve.add(step, float(value))
         elif kind == "exit":
             self.exit_code = record.exit.exit_code
+
+
+def _json_value(raw: str) -> Any:
+    """`json.loads(raw)`, quicker for the numbers that most values are (`float` reads JSON's `NaN`
+    and `Infinity` as W&B writes them)."""
+    try:
+        return int(raw)
+    except ValueError:
+        pass
+    try:
+        return float(raw)
+    except ValueError:
+        return json.loads(raw)
 
 
 @dataclass
@@ -148,13 +185,25 @@ class _Cursor:
 
 
 class StoredRuns:
-    """The writers whose copies lie under `prefix` (a task's `.../wandb/<action>` prefix)."""
+    """The writers whose copies lie under `prefix` (a task's `.../wandb/<action>` prefix).
 
-    def __init__(self, prefix: str) -> None:
+    With `share` below 1, a refresh paces its parsing so that it runs at most that share of the
+    time (sleeping, and so letting other threads of the process run, between bursts of at most
+    `BURST_S`): the report thread's refresh takes longer and holds the GIL less at a time.
+
+    Attributes:
+        bytes_read: Bytes of the logs fetched so far.
+        requests: Storage requests made so far (listings, manifests and pieces).
+    """
+
+    def __init__(self, prefix: str, share: float = 1.0) -> None:
         self.prefix = prefix
+        self.share = share
         self.writers: dict[int, Writer] = {}
         self.bytes_read = 0
+        self.requests = 0
         self._cursors: dict[tuple[int, str], _Cursor] = {}
+        self._tags: dict[str, str] = {}  # each manifest's tag when last read
 
     def refresh(self) -> None:
         """Read what was copied since the last refresh.
@@ -162,13 +211,33 @@ class StoredRuns:
         Raises:
             OSError: The storage cannot be listed or read (the next refresh tries again).
         """
-        parts: dict[tuple[int, str], list[tuple[int, int, str]]] = {}
-        for path, size in _storage.list_sizes(self.prefix).items():
-            found = _PART.match(path)
-            if found:
-                rank, run_dir, offset = int(found.group(1)), found.group(2), int(found.group(3))
-                parts.setdefault((rank, run_dir), []).append((offset, size, path))
-        for key in sorted(parts):  # a rank's starts in the order they began (their names hold the time)
+        listed = _storage.list_flat(_storage.join(self.prefix, MANIFESTS))
+        self.requests += 1 + len(listed) // 1000
+        changed = {path: entry.tag for path, entry in listed.items() if self._tags.get(path) != entry.tag}
+        uris = {path: _storage.join(self.prefix, MANIFESTS, path) for path in changed if _MANIFEST.match(path)}
+        manifests = _storage.read_many(list(uris.values()))
+        self.requests += len(uris)
+        wanted: dict[tuple[int, str], tuple[str, list[Piece]]] = {}
+        for path, uri in uris.items():
+            found, data = _MANIFEST.match(path), manifests[uri]
+            if found is None or data is None:
+                continue
+            key = (int(found.group(1)), found.group(2))
+            manifest = Manifest.from_json(data)
+            log = next((name for name in manifest.files if _LOG.match(name)), None)
+            cursor = self._cursors.get(key) or _Cursor()
+            if log is not None:
+                wanted[key] = (log, manifest.pieces_from(log, cursor.have))
+            self._tags[path] = changed[path]
+        pieces = [self._piece_uri(key, p) for key, (_, ps) in wanted.items() for p in ps]
+        contents = _storage.read_many(pieces)
+        self.requests += len(pieces)
+        burst = time.perf_counter()
+        for key in sorted(wanted):  # a rank's starts in the order they began (their names hold the time)
+            busy = time.perf_counter() - burst
+            if self.share < 1.0 and busy >= BURST_S:
+                time.sleep(busy * (1.0 / self.share - 1.0))
+                burst = time.perf_counter()
             rank, run_dir = key
             writer = self.writers.setdefault(rank, Writer(rank))
             if key not in self._cursors:
@@ -176,27 +245,37 @@ class StoredRuns:
                 writer.starts += 1
                 writer.online = not run_dir.startswith("offline-")
                 writer.exit_code = None
-            self._read(self._cursors[key], sorted(parts[key]), writer)
+            _, ps = wanted[key]
+            read = [(p, contents[self._piece_uri(key, p)]) for p in ps]
+            if not self._read(self._cursors[key], read, writer):  # a piece compacted meanwhile: next time
+                self._tags.pop(f"rank-{rank}/{run_dir}.json", None)
 
-    def _read(self, cursor: _Cursor, parts: list[tuple[int, int, str]], writer: Writer) -> None:
-        for offset, size, path in parts:
-            if not cursor.valid or offset + size <= cursor.have:
+    def _piece_uri(self, key: tuple[int, str], piece: Piece) -> str:
+        return _storage.join(self.prefix, f"rank-{key[0]}", key[1], piece.key)
+
+    def _read(self, cursor: _Cursor, pieces: list[tuple[Piece, bytes | None]], writer: Writer) -> bool:
+        """Take in the pieces read (in order); whether every one was there."""
+        whole = True
+        for piece, data in pieces:
+            if not cursor.valid or piece.end <= cursor.have:
                 continue  # not a W&B log, or read already
-            if offset > cursor.have:
-                break  # a gap: that copy has not arrived (yet)
-            data = _storage.read_bytes(_storage.join(self.prefix, path)) or b""
+            if data is None or piece.start > cursor.have:
+                whole = False
+                break
             self.bytes_read += len(data)
-            cursor.tail += data[cursor.have - offset :]
-            cursor.have = offset + len(data)
+            cursor.tail += data[cursor.have - piece.start :]
+            cursor.have = piece.start + len(data)
         if cursor.start == 0 and cursor.valid:
             if len(cursor.tail) < _HEADER:
-                return
+                return whole
             cursor.valid = cursor.tail[:4] == _MAGIC
             cursor.tail, cursor.start = cursor.tail[_HEADER:], _HEADER
         if not cursor.valid:
-            return
+            return whole
         parsed = cursor.start
-        for record, end in parse_records(cursor.tail, cursor.start, base=cursor.start):
-            writer.apply(record)
+        for record, end in parse_records(cursor.tail, cursor.start, base=cursor.start, skip=_PASSED_OVER):
+            if record is not None:
+                writer.apply(record)
             parsed = end
         cursor.tail, cursor.start = cursor.tail[parsed - cursor.start :], parsed
+        return whole

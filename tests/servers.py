@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import socket
 import sqlite3
 import subprocess
@@ -198,6 +199,51 @@ class S3Server(_Server):
 
     def uri(self, *parts: str) -> str:
         return "/".join([f"s3://{self.bucket}", *parts])
+
+    def requests(self) -> list[S3Request]:
+        """Every request the server has answered so far, in order, from its own access log."""
+        self.log.flush()
+        text = Path(self.log.name).read_text(errors="replace")
+        out = []
+        for found in _ACCESS.finditer(text):
+            method, target, status = found.group(1), found.group(2), int(found.group(3))
+            path, _, query = target.partition("?")
+            out.append(S3Request(method, urllib.parse.unquote(path), urllib.parse.parse_qs(query), status))
+        return out
+
+    def list_keys(self, prefix: str) -> list[str]:
+        """The keys stored under `prefix` (in the bucket), read straight from the server."""
+        keys: list[str] = []
+        token = ""
+        while True:
+            query = {"list-type": "2", "prefix": prefix, **({"continuation-token": token} if token else {})}
+            url = f"{self.url}/{self.bucket}?{urllib.parse.urlencode(query)}"
+            with urllib.request.urlopen(url, timeout=30) as answer:
+                body = answer.read().decode()
+            keys += re.findall(r"<Key>([^<]*)</Key>", body)
+            more = re.search(r"<NextContinuationToken>([^<]*)</NextContinuationToken>", body)
+            if not more:
+                return keys
+            token = more.group(1)
+
+
+# `127.0.0.1 - - [date] "GET /bucket/key?query HTTP/1.1" 200 -`: werkzeug's access log, as moto_server writes it
+_ACCESS = re.compile(r'"([A-Z]+) (\S+) HTTP/[\d.]+" (\d{3})')
+
+
+@dataclass
+class S3Request:
+    """One request an `S3Server` answered: its method, path (`/bucket/key`), query and status."""
+
+    method: str
+    path: str
+    query: dict[str, list[str]]
+    status: int
+
+    @property
+    def is_list(self) -> bool:
+        """Whether it lists the bucket (ListObjects / ListObjectsV2)."""
+        return self.method == "GET" and self.path.rstrip("/").count("/") == 1 and "list-type" in self.query
 
 
 class Outage:

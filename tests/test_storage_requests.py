@@ -1,0 +1,269 @@
+"""What the copies of the run files cost in storage requests, counted by a real S3 server (`moto_server`
+on loopback, its own access log read back), and that readers never see a half-compacted copy.
+
+Real W&B run files (written offline by wandb itself), copied by the copier the ranks use, read by
+the readers of the report tab, `sync` and `inspect`; and one real 2 x 2 launch with `report=True`.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import wandb
+
+from flyte_wandb_elastic._manifest import MANIFESTS
+from flyte_wandb_elastic._persist import (
+    COMPACT_PARTS,
+    DEFAULT_PERSIST_INTERVAL_S,
+    PUT_BUDGET_PER_S,
+    PUTS_PER_COPY,
+    RunFilesCopier,
+    default_persist_interval,
+    fetch_copies,
+)
+from flyte_wandb_elastic._runfiles import read_run_file, read_run_files
+from flyte_wandb_elastic._stored_runs import StoredRuns
+from tests.conftest import launch
+from tests.servers import S3Request, S3Server
+
+ROWS = 3000
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    server = S3Server(tmp_path_factory.mktemp("s3"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def s3_env(s3: S3Server, monkeypatch: pytest.MonkeyPatch) -> S3Server:
+    for key, value in s3.env().items():
+        monkeypatch.setenv(key, value)
+    return s3
+
+
+@pytest.fixture(scope="module")
+def written(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real offline run's `.wandb` log of `ROWS` rows, written by wandb in a process of its own."""
+    tmp = tmp_path_factory.mktemp("written")
+    script = (
+        "import wandb\n"
+        "run = wandb.init(project='p', id='grow', mode='offline')\n"
+        f"for i in range({ROWS}):\n"
+        "    run.log({'row': i, 'loss': 1 / (i + 1)})\n"
+        "run.finish()\n"
+    )
+    env = {"WANDB_DIR": str(tmp), "WANDB_MODE": "offline", "PATH": str(Path(sys.executable).parent)}
+    subprocess.run([sys.executable, "-c", script], env=env, check=True, capture_output=True)
+    [log] = (tmp / "wandb").glob("offline-run-*/run-grow.wandb")
+    return log
+
+
+def _growing(written: Path, tmp: Path) -> tuple[Path, Path]:
+    """An empty run directory named as `written`'s, and its log (to be grown slice by slice)."""
+    run_dir = tmp / "pod" / written.parent.name
+    run_dir.mkdir(parents=True)
+    return run_dir, run_dir / written.name
+
+
+def _requests_since(s3: S3Server, mark: int) -> list[S3Request]:
+    return s3.requests()[mark:]
+
+
+def _kinds(requests: list[S3Request]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for r in requests:
+        kind = "LIST" if r.is_list else r.method
+        out[kind] = out.get(kind, 0) + 1
+    return out
+
+
+def test_the_default_interval_keeps_a_job_within_the_put_budget() -> None:
+    assert default_persist_interval(4) == DEFAULT_PERSIST_INTERVAL_S
+    for world_size in (16, 1024, 8192, 65_536):
+        interval = default_persist_interval(world_size)
+        assert interval >= DEFAULT_PERSIST_INTERVAL_S
+        assert world_size * PUTS_PER_COPY / interval <= PUT_BUDGET_PER_S + 1e-9
+    assert default_persist_interval(8192) == pytest.approx(53.248)
+
+
+def test_a_copy_sends_rows_every_interval_and_debug_logs_only_at_the_end(wandb_offline: Path, s3_env: S3Server) -> None:
+    s3 = s3_env
+    run = wandb.init(project="p", settings=wandb.Settings(x_transaction_log_flush_interval=0.2))
+    run_dir = Path(run.settings.sync_dir)
+    assert list(run_dir.glob("logs/debug*.log"))  # W&B writes them from the start
+    copier = RunFilesCopier(run_dir, s3.uri("debug", "wandb", "a0", "rank-0"), interval_s=3600)
+    puts_per_copy = []
+    for batch in range(4):
+        for i in range(200):
+            print(f"line {batch}-{i}")  # the user's output: files/output.log
+            run.log({"row": batch * 200 + i})
+        time.sleep(0.6)  # a transaction-log flush
+        mark = len(s3.requests())
+        assert copier.copy()
+        puts = [r for r in _requests_since(s3, mark) if r.method == "PUT"]
+        assert not [r for r in puts if "/logs/" in r.path], [r.path for r in puts]
+        puts_per_copy.append(len(puts))
+    # the first copy also sends W&B's whole files (metadata, requirements, ...); then the log's
+    # part, the output's where it grew, and the manifest
+    assert max(puts_per_copy[1:]) <= 3, puts_per_copy
+    stored = s3.list_keys("debug/wandb/a0/rank-0/")
+    assert not [k for k in stored if "/logs/" in k]
+    run.finish()
+    assert copier.final_copy(30, synced=False)
+    stored = s3.list_keys("debug/wandb/a0/rank-0/")
+    assert [k for k in stored if "/logs/debug" in k]  # the end sends them
+    [back] = read_run_files(fetch_copies(s3.uri("debug"), wandb_offline / "read"))
+    assert [r["row"] for r in back.rows] == list(range(800)) and back.exit_code == 0
+
+
+def test_requests_and_objects_do_not_grow_with_the_job(written: Path, tmp_path: Path, s3_env: S3Server) -> None:
+    """A log grown over 5 x COMPACT_PARTS copies: each copy and each refresh costs the same late in
+    the job as early, the copy holds a bounded number of objects besides its segments, bytes sent
+    stay within twice the log, and `inspect`'s reader gets every row back."""
+    s3 = s3_env
+    whole = written.read_bytes()
+    run_dir, log = _growing(written, tmp_path)
+    prefix = s3.uri("grow", "wandb", "a0")
+    copier = RunFilesCopier(run_dir, f"{prefix}/rank-0", interval_s=3600)
+    stored = StoredRuns(prefix)
+    copies = 5 * COMPACT_PARTS
+    per_copy: list[dict[str, int]] = []
+    per_refresh: list[dict[str, int]] = []
+    for k in range(1, copies + 1):
+        log.write_bytes(whole[: len(whole) * k // copies])
+        mark = len(s3.requests())
+        assert copier.copy()
+        per_copy.append(_kinds(_requests_since(s3, mark)))
+        mark = len(s3.requests())
+        stored.refresh()
+        per_refresh.append(_kinds(_requests_since(s3, mark)))
+    # a copy: one part and the manifest, and at each compaction a segment (and later a delete)
+    assert {c.get("PUT", 0) for c in per_copy} <= {2, 3}, per_copy
+    assert all(c.get("LIST", 0) == 0 and c.get("GET", 0) == 0 for c in per_copy)
+    assert sum(c.get("POST", 0) + c.get("DELETE", 0) for c in per_copy) <= copies // COMPACT_PARTS
+    # a refresh: one listing, the changed manifest, and the new piece; the same at the end as at the start
+    assert per_refresh[1] == per_refresh[-1] == {"LIST": 1, "GET": 2}, per_refresh
+    assert max(sum(r.values()) for r in per_refresh) <= 3
+    mark = len(s3.requests())
+    stored.refresh()  # nothing new: the listing only
+    assert _kinds(_requests_since(s3, mark)) == {"LIST": 1}
+    assert stored.writers[0].rows == ROWS
+    # objects held: at most COMPACT_PARTS parts (and those awaiting deletion) beside the segments
+    keys = s3.list_keys("grow/wandb/a0/rank-0/")
+    segments = [k for k in keys if k.rsplit("/", 1)[-1].count("-") == 1]
+    parts = [k for k in keys if k.endswith(tuple("0123456789")) and k not in segments]
+    assert len(segments) == copies // COMPACT_PARTS
+    assert len(parts) <= 2 * COMPACT_PARTS
+    assert copier.bytes_sent <= 2 * len(whole) + 2000 * copies  # data twice at most, and the manifests
+    # the whole log back, by reads that do not grow with the copies made
+    mark = len(s3.requests())
+    [back] = read_run_files(fetch_copies(s3.uri("grow"), tmp_path / "read"))
+    reads = _kinds(_requests_since(s3, mark))
+    assert reads.get("LIST") == 1 and reads.get("GET", 0) <= 1 + len(segments) + COMPACT_PARTS, reads
+    assert back.rows == read_run_file(written).rows
+
+
+def test_readers_never_see_a_half_compacted_copy(written: Path, tmp_path: Path, s3_env: S3Server) -> None:
+    """While a copier copies and compacts as fast as it can, the report's reader and `inspect`'s
+    read the same copy over and over: every read is whole (rows 0..n in order, never fewer than the
+    last read's) and never fails."""
+    s3 = s3_env
+    whole = written.read_bytes()
+    run_dir, log = _growing(written, tmp_path)
+    prefix = s3.uri("race", "wandb", "a0")
+    copier = RunFilesCopier(run_dir, f"{prefix}/rank-0", interval_s=3600)
+    copies = 6 * COMPACT_PARTS
+    done = threading.Event()
+    errors: list[BaseException] = []
+    log.write_bytes(whole[: len(whole) // copies])
+    assert copier.copy()
+
+    def copy() -> None:
+        try:
+            for k in range(2, copies + 1):
+                log.write_bytes(whole[: len(whole) * k // copies])
+                assert copier.copy()
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            done.set()
+
+    seen_report: list[int] = []
+    seen_inspect: list[int] = []
+
+    def read_report() -> None:
+        stored = StoredRuns(prefix)
+        try:
+            while not done.is_set():
+                stored.refresh()
+                if 0 in stored.writers:
+                    seen_report.append(stored.writers[0].rows)
+            stored.refresh()
+            seen_report.append(stored.writers[0].rows)
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=copy)
+    reader = threading.Thread(target=read_report)
+    thread.start()
+    reader.start()
+    n = 0
+    while not done.is_set() or n == 0:
+        into = tmp_path / f"read-{n}"
+        runs = read_run_files(fetch_copies(s3.uri("race"), into))
+        rows = [r["row"] for r in runs[0].rows] if runs else []
+        assert rows == list(range(len(rows)))  # whole: no gap, no doubled row
+        seen_inspect.append(len(rows))
+        n += 1
+    thread.join()
+    reader.join()
+    assert errors == []
+    assert seen_inspect == sorted(seen_inspect) and seen_report == sorted(seen_report)
+    assert seen_report[-1] == ROWS and len(seen_inspect) >= 3
+    keys = s3.list_keys("race/wandb/a0/rank-0/")
+    assert [k for k in keys if k.rsplit("/", 1)[-1].count("-") == 1]  # it did compact meanwhile
+    assert [k for k in s3.list_keys("race/wandb/a0/") if f"/{MANIFESTS}/" in f"/{k}"]
+
+
+@pytest.mark.launch
+def test_a_report_job_lists_only_the_manifests_and_copies_no_debug_log_until_the_end(
+    tmp_path: Path, s3: S3Server
+) -> None:
+    """A real 2 x 2 job (one run per rank, offline, each node a disk of its own) with `report=True`
+    and `persist_interval=1`: every listing made while it runs is one flat listing of the manifests
+    folder (one per refresh), each rank sends at most 3 objects per interval, W&B's debug logs are
+    sent at each rank's end only, and every row is read back."""
+    base = s3.uri("job", "r1")
+    config = {"nnodes": 2, "nproc_per_node": 2, "report": True, "project": "p", "run_mode": "new",
+              "persist_interval": 1.0}  # fmt: skip
+    mark = len(s3.requests())
+    started = time.monotonic()
+    job = launch(tmp_path, config, {"steps": 60, "interval_s": 0.1}, extra_env=s3.env(), function="paced",
+                 run_base_dir=base, pods=True)  # fmt: skip
+    wall_s = time.monotonic() - started
+    assert job.errors == [], job.logs
+    during = s3.requests()[mark:]
+    lists = [r for r in during if r.is_list]
+    assert lists and all(r.query["prefix"] == ["job/r1/wandb/a0/manifests/"] for r in lists), lists[:3]
+    assert "delimiter" not in lists[0].query  # flat: not a walk
+    assert len(lists) <= wall_s + 5  # about one per second (persist_interval), with the final ones
+    puts = [r for r in during if r.method == "PUT" and "/wandb/a0/rank-" in r.path]
+    debug = [r for r in puts if "/logs/debug" in r.path]
+    assert len(debug) == 4 * 3  # each rank's three debug logs, once, at its end
+    assert len(puts) - len(debug) <= 4 * 3 * (wall_s + 2) + 4 * 10  # 3 per rank per second, and the first copy's files
+    env = {**os.environ, **s3.env()}
+    env = {k: v for k, v in env.items() if not k.startswith("WANDB_")}
+    done = subprocess.run([sys.executable, "-m", "flyte_wandb_elastic", "inspect", base], env=env,
+                          capture_output=True, text=True, check=False)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count(" 60 ") >= 4, done.stdout
