@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
+import time
 from collections.abc import Coroutine
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,8 @@ T = TypeVar("T")
 
 # Requests a reader makes at a time (reads of many small objects are bound by round trips).
 PARALLEL = 64
+# The longest a paced reader works before it sleeps (see `Pace`).
+BURST_S = 0.001
 
 
 class Cancelled(Exception):
@@ -115,8 +118,11 @@ def read_bytes(uri: str) -> bytes | None:
     return read_many([uri])[uri]
 
 
-def read_many(uris: list[str], parallel: int = PARALLEL) -> dict[str, bytes | None]:
-    """The content of each object in `uris` (`None` where there is none), `parallel` at a time."""
+def read_many(uris: list[str], parallel: int = PARALLEL, share: float = 1.0) -> dict[str, bytes | None]:
+    """The content of each object in `uris` (`None` where there is none), `parallel` at a time.
+
+    With `share` below 1, the reads pause so that handling their answers takes at most that share
+    of the time (see `Pace`): the process's other threads then wait little for the GIL."""
     remote = [u for u in uris if _local(u) is None]
     out: dict[str, bytes | None] = {}
     for uri in uris:
@@ -131,8 +137,11 @@ def read_many(uris: list[str], parallel: int = PARALLEL) -> dict[str, bytes | No
     fs: Any = storage.get_underlying_filesystem(path=remote[0])
     store, paths = _object_store(fs, remote)  # one client for every read
 
+    pace = Pace(share)
+
     async def one(uri: str, path: str | None, gate: asyncio.Semaphore) -> None:
         async with gate:
+            await pace.pause()
             try:
                 if store is None:
                     out[uri] = await fs._cat_file(uri)
@@ -150,6 +159,43 @@ def read_many(uris: list[str], parallel: int = PARALLEL) -> dict[str, bytes | No
 
     asyncio.run(every())
     return out
+
+
+class Pace:
+    """Pauses a thread's work so that it takes at most `share` of the time, in bursts of at most
+    `BURST_S` of its CPU time: a sleeping thread holds no GIL, so a training thread that shares the
+    process waits at most about one burst for it."""
+
+    def __init__(self, share: float) -> None:
+        self.share = share
+        self._cpu = time.thread_time()  # this thread's CPU time when the burst under way began
+        self._resume = 0.0
+
+    def delay(self) -> float:
+        """Seconds to sleep now (0 while the burst under way is short enough)."""
+        if self.share >= 1.0:
+            return 0.0
+        now = time.perf_counter()
+        if now < self._resume:  # another task of this loop already began the pause
+            return self._resume - now
+        busy = time.thread_time() - self._cpu
+        if busy < BURST_S:
+            return 0.0
+        self._resume = now + busy * (1.0 / self.share - 1.0)
+        self._cpu = time.thread_time()
+        return self._resume - now
+
+    def sleep(self) -> None:
+        """Sleep, from a thread, as long as `delay` says."""
+        wait = self.delay()
+        if wait:
+            time.sleep(wait)
+
+    async def pause(self) -> None:
+        """Sleep, in an event loop, as long as `delay` says (every task of the loop waits)."""
+        wait = self.delay()
+        if wait:
+            await asyncio.sleep(wait)
 
 
 def delete(uris: list[str], calls: Calls | None = None) -> None:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import re
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,8 +42,6 @@ MAX_POINTS = 100
 # spread over the runs once there are more.
 MAX_BREAKS = 100
 _MANIFEST = re.compile(r"^rank-(\d+)/([^/]+)\.json$")
-# The longest a paced refresh parses before it sleeps (see `StoredRuns`).
-BURST_S = 0.001
 # Records the tab does not read (it reads `run`, `history` and `exit`): not decoded at all.
 _PASSED_OVER = frozenset({SUMMARY, OUTPUT, CONFIG, FILES, STATS, TELEMETRY, METRIC, OUTPUT_RAW})
 _LOG = re.compile(r"^run-[^/]+\.wandb$")
@@ -187,9 +184,10 @@ class _Cursor:
 class StoredRuns:
     """The writers whose copies lie under `prefix` (a task's `.../wandb/<action>` prefix).
 
-    With `share` below 1, a refresh paces its parsing so that it runs at most that share of the
-    time (sleeping, and so letting other threads of the process run, between bursts of at most
-    `BURST_S`): the report thread's refresh takes longer and holds the GIL less at a time.
+    With `share` below 1, a refresh paces its reads and its parsing so that they run at most that
+    share of the time (sleeping, and so letting other threads of the process run, between bursts
+    of at most `_storage.BURST_S`): the report thread's refresh takes longer and holds the GIL
+    less at a time.
 
     Attributes:
         bytes_read: Bytes of the logs fetched so far.
@@ -215,7 +213,7 @@ class StoredRuns:
         self.requests += 1 + len(listed) // 1000
         changed = {path: entry.tag for path, entry in listed.items() if self._tags.get(path) != entry.tag}
         uris = {path: _storage.join(self.prefix, MANIFESTS, path) for path in changed if _MANIFEST.match(path)}
-        manifests = _storage.read_many(list(uris.values()))
+        manifests = _storage.read_many(list(uris.values()), share=self.share)
         self.requests += len(uris)
         wanted: dict[tuple[int, str], tuple[str, list[Piece]]] = {}
         for path, uri in uris.items():
@@ -230,14 +228,11 @@ class StoredRuns:
                 wanted[key] = (log, manifest.pieces_from(log, cursor.have))
             self._tags[path] = changed[path]
         pieces = [self._piece_uri(key, p) for key, (_, ps) in wanted.items() for p in ps]
-        contents = _storage.read_many(pieces)
+        contents = _storage.read_many(pieces, share=self.share)
         self.requests += len(pieces)
-        burst = time.perf_counter()
+        pace = _storage.Pace(self.share)
         for key in sorted(wanted):  # a rank's starts in the order they began (their names hold the time)
-            busy = time.perf_counter() - burst
-            if self.share < 1.0 and busy >= BURST_S:
-                time.sleep(busy * (1.0 / self.share - 1.0))
-                burst = time.perf_counter()
+            pace.sleep()
             rank, run_dir = key
             writer = self.writers.setdefault(rank, Writer(rank))
             if key not in self._cursors:
