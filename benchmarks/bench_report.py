@@ -1,6 +1,6 @@
 """The report tab for a large job: many writers x long runs x several metrics.
 
-    python -m benchmarks.bench_report [--runs 1000] [--rows 100000] [--metrics 2]
+    python -m benchmarks.bench_report [--runs 1000] [--rows 100000] [--metrics 2] [--repeats 1]
     python -m benchmarks.bench_report --runs 8192 --rows 20000 --metrics 8
 
 Each run's rows go through the same downsampling the report thread applies as it reads the copies
@@ -35,6 +35,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=1000)
     parser.add_argument("--rows", type=int, default=100_000)
     parser.add_argument("--metrics", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=1, help="builds of the tab; the fastest is shown")
     args = parser.parse_args()
     names = ["loss", "acc", *(f"metric-{m:02d}" for m in range(args.metrics - 2))][: args.metrics]
 
@@ -69,9 +70,12 @@ def main() -> None:
     _stand_out(rows, args.rows)
     points = sum(len(c) for r in rows for c in r.curves.values())
 
-    started, cpu = time.perf_counter(), time.process_time()
-    page = render_tab(rows, f"new / global, {args.runs // 8} x 8 ranks", "Live, while the job runs", interval_s=30.0)
-    build_s, build_cpu_s = time.perf_counter() - started, time.process_time() - cpu
+    builds = []
+    for _ in range(args.repeats):  # the fastest build: the least disturbed by other work on the machine
+        started, cpu = time.perf_counter(), time.process_time()
+        page = render_tab(rows, f"new / global, {args.runs // 8} x 8 ranks", "Live, while the job runs", 30.0)
+        builds.append((time.perf_counter() - started, time.process_time() - cpu))
+    build_s, build_cpu_s = min(builds)
     started = time.perf_counter()
     HTMLParser().feed(page)
     parse_s = time.perf_counter() - started
