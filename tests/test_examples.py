@@ -30,8 +30,10 @@ def test_every_example_is_tested() -> None:
     on_disk = {p.name for p in (REPO / "examples").glob("*.py") if not p.name.startswith("_")}
     # cluster.py needs a cluster: tests/test_cluster_example.py serializes its tasks instead;
     # sync_task.py needs servers: tests/test_durable.py runs it against real ones;
-    # report_tab.py: tests/test_report.py runs it and checks its screenshot
-    assert on_disk == {*EXAMPLES, "cluster.py", "sync_task.py", "report_tab.py"}
+    # report_tab.py: tests/test_report.py runs it and checks its screenshot;
+    # the trainers' examples: tests/test_trainers.py runs them and reads back what each trainer logged
+    trainers = {"lightning_trainer.py", "hf_trainer.py", "accelerate_trainer.py"}
+    assert on_disk == {*EXAMPLES, "cluster.py", "sync_task.py", "report_tab.py", *trainers}
 
 
 @pytest.mark.parametrize("name", list(EXAMPLES))
