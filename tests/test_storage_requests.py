@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import wandb
 
+from flyte_wandb_elastic import _storage
 from flyte_wandb_elastic._manifest import MANIFESTS
 from flyte_wandb_elastic._persist import (
     COMPACT_PARTS,
@@ -267,3 +268,27 @@ def test_a_report_job_lists_only_the_manifests_and_copies_no_debug_log_until_the
                           capture_output=True, text=True, check=False)  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert done.stdout.count(" 60 ") >= 4, done.stdout
+
+
+def test_copies_without_a_manifest_and_one_writers_uri_read_back_whole(
+    written: Path, tmp_path: Path, s3_env: S3Server
+) -> None:
+    """A copy made before manifests existed (its parts and segments only) is still read whole, and
+    so is one writer's copy named by its own URI (what the report's `sync` command names)."""
+    s3 = s3_env
+    whole = written.read_bytes()
+    run_dir, log = _growing(written, tmp_path)
+    prefix = s3.uri("old", "wandb", "a0")
+    copier = RunFilesCopier(run_dir, f"{prefix}/rank-0", interval_s=3600)
+    copies = 2 * COMPACT_PARTS + 3
+    for k in range(1, copies + 1):
+        log.write_bytes(whole[: len(whole) * k // copies])
+        assert copier.copy()
+    truth = read_run_file(written).rows
+    [by_writer] = read_run_files(fetch_copies(f"{prefix}/rank-0", tmp_path / "writer"))
+    assert by_writer.rows == truth
+    # as an earlier version left it: no manifest
+    _storage.delete([s3.uri(key) for key in s3.list_keys(f"old/wandb/a0/{MANIFESTS}/")])
+    assert not s3.list_keys(f"old/wandb/a0/{MANIFESTS}/")
+    [legacy] = read_run_files(fetch_copies(s3.uri("old"), tmp_path / "legacy"))
+    assert legacy.rows == truth
