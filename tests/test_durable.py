@@ -245,21 +245,19 @@ def test_server_lost_for_good_the_job_ends_in_time_and_sync_brings_every_row(
         {"refuses": wandb_server.kill, "hangs": wandb_server.hang, "errors": wandb_server.fail}[lost]()
 
     options = {"run_mode": "new", "host": wandb_server.url, "finish_timeout": FINISH_TIMEOUT_S}
+    # 25 rows logged after the server is lost, over 2.5 s
     job, base = run_job(
-        engine, tmp_path, s3, options, wandb_server.env(), inputs={"steps": 60, "interval_s": 0.1}, during=lose
+        engine, tmp_path, s3, options, wandb_server.env(), inputs={"steps": 30, "interval_s": 0.1}, during=lose
     )
     assert job.errors == [], job.logs
     last_return = max(f["returned_at"] for f in job.facts.values())
     assert job.ended_at - last_return < FINISH_TIMEOUT_S + END_SLACK_S
     # the pods are gone; the server comes back
-    print("TIMING job", job.wall_s, "end after last return", job.ended_at - last_return)
     wandb_server.start()
-    t0 = time.monotonic()
     done = cli("sync", base, env={**s3.env(), **wandb_server.env()})
-    print("TIMING sync", time.monotonic() - t0)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "4 synced" in done.stdout
-    for run_id, rows in expected_rows(job, 60).items():
+    for run_id, rows in expected_rows(job, 30).items():
         assert received(wandb_server, run_id) >= rows, run_id
         assert wandb_server.runs()[run_id] == "finished", run_id
 
@@ -449,7 +447,7 @@ def test_sync_writes_the_calls_queued_by_a_start_lost_while_its_run_opened(
     assert "0 synced" in again.stdout and len(wandb_server.rows(PROJECT, "q1")) == 10
 
 
-PERSIST_S = 5.0
+PERSIST_S = 2.0
 
 
 @pytest.mark.parametrize("engine", ["elastic", "clustered"])
