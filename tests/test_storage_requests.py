@@ -29,7 +29,7 @@ from flyte_wandb_elastic._persist import (
     default_persist_interval,
     fetch_copies,
 )
-from flyte_wandb_elastic._runfiles import read_run_file, read_run_files
+from flyte_wandb_elastic._runfiles import _HEADER, parse_records, read_run_file, read_run_files
 from flyte_wandb_elastic._stored_runs import StoredRuns
 from tests.conftest import launch
 from tests.servers import S3Request, S3Server
@@ -186,6 +186,10 @@ def test_readers_never_see_a_half_compacted_copy(written: Path, tmp_path: Path, 
     copies = 6 * COMPACT_PARTS
     done = threading.Event()
     errors: list[BaseException] = []
+    # the rows whole in each slice: what a read begun after that slice's copy must hold at least
+    ends = [end for record, end in parse_records(whole, _HEADER) if record.WhichOneof("record_type") == "history"]
+    rows_in = [sum(end <= len(whole) * k // copies for end in ends) for k in range(copies + 1)]
+    copied = [rows_in[1]]
     log.write_bytes(whole[: len(whole) // copies])
     assert copier.copy()
 
@@ -194,6 +198,7 @@ def test_readers_never_see_a_half_compacted_copy(written: Path, tmp_path: Path, 
             for k in range(2, copies + 1):
                 log.write_bytes(whole[: len(whole) * k // copies])
                 assert copier.copy()
+                copied.append(rows_in[k])
         except BaseException as exc:
             errors.append(exc)
         finally:
@@ -221,9 +226,11 @@ def test_readers_never_see_a_half_compacted_copy(written: Path, tmp_path: Path, 
     n = 0
     while not done.is_set() or n == 0:
         into = tmp_path / f"read-{n}"
+        before = copied[-1]
         runs = read_run_files(fetch_copies(s3.uri("race"), into))
         rows = [r["row"] for r in runs[0].rows] if runs else []
         assert rows == list(range(len(rows)))  # whole: no gap, no doubled row
+        assert len(rows) >= before  # every row copied before the read began
         seen_inspect.append(len(rows))
         n += 1
     thread.join()
