@@ -29,6 +29,7 @@ from tests.conftest import (
     wandb_core_processes,
     wandb_env,
 )
+from tests.records import POD_ENV, assert_links_back, console_url, records
 from tests.serialize import deploy_path_spec, links, serialize
 from tests.test_launch import ONE_NODE, STEPS, TWO_NODES, _check_rows
 
@@ -107,8 +108,11 @@ def test_one_node_two_ranks(tmp_path: Path, task: str, run_mode: str, rank_scope
 @pytest.mark.parametrize(("task", "run_mode", "rank_scope"), TWO_NODE_CASES)
 def test_two_nodes_two_ranks(tmp_path: Path, task: str, run_mode: str, rank_scope: str) -> None:
     config = {"replicas": 2, "nproc_per_node": 2, "project": "p", "run_mode": run_mode, "rank_scope": rank_scope}
-    result = launch_clustered(tmp_path, config, inputs={"steps": STEPS, **TASKS[task]}, task=task)
+    # each pod knows the Flyte console's endpoint, as the backend tells every pod
+    inputs = {"steps": STEPS, **TASKS[task]}
+    result = launch_clustered(tmp_path, config, inputs=inputs, task=task, extra_env=POD_ENV)
     _check_launch(result, config, task, TWO_NODES[(run_mode, rank_scope)])
+    assert_links_back(result.runs, console_url(), [], None)
 
 
 def test_spec_is_still_a_clustered_task_with_links_and_secret() -> None:
@@ -150,6 +154,10 @@ def test_raising_rank_fails_its_run_and_stops_the_others(tmp_path: Path, run_mod
     # only rank 0 may write the task's error: stopped by torchrun, it names the rank that failed
     document = execution_pb2.ErrorDocument.FromString((tmp_path / "out-0" / "error.pb").read_bytes())
     assert document.error.message == "rank 1 failed: ValueError: rank 1 failed on purpose"
+    # and its run, the job's primary, alerts once with the same first failure
+    expected = "Rank 1 failed first: ValueError: rank 1 failed on purpose\nFlyte action: r1/a0 in proj/dev"
+    assert [alert["text"] for alert in records(runs[0]).alerts] == [expected]
+    assert records(runs[1]).alerts == []
 
 
 def test_run_ranks_locally_runs_the_worker_command_and_reports_rank_0s_error(
@@ -165,8 +173,14 @@ def test_run_ranks_locally_runs_the_worker_command_and_reports_rank_0s_error(
     assert run_ranks_locally(task, run_name="ok", steps=2) == 1.0 + 3.0
     with pytest.raises(RuntimeError, match="rank 0 failed on purpose"):
         run_ranks_locally(task, run_name="bad", steps=2, fail_rank=0)
-    runs = {(run.run_id, run.exit_code) for run in read_run_files(tmp_path / "wandb")}
+    files = read_run_files(tmp_path / "wandb")
+    runs = {(run.run_id, run.exit_code) for run in files}
     assert runs == {("ok-a0-rank-0", 0), ("ok-a0-rank-1", 0), ("bad-a0-rank-0", 1), ("bad-a0-rank-1", 143)}
+    # rank 0 failed first: its own error is the alert; a local run knows no console, so no link
+    alerts = {run.run_id: [a["text"] for a in records(run).alerts] for run in files}
+    own = "Rank 0 failed first: ValueError: rank 0 failed on purpose\nFlyte action: bad/a0 in local/development"
+    assert alerts == {"ok-a0-rank-0": [], "ok-a0-rank-1": [], "bad-a0-rank-0": [own], "bad-a0-rank-1": []}
+    assert {run.config["flyte"]["console_url"] for run in files} == {None}
 
 
 def test_rank_stopped_while_blocked_in_a_collective_finishes_failed(tmp_path: Path) -> None:
