@@ -73,21 +73,37 @@ def train(
     return total.item()
 
 
-def flaky(steps: int = 3, fail_rank: int = 1, fail_after_s: float = 2.0) -> int:
+def flaky(steps: int = 3, fail_rank: int = 1, fail_after_s: float = 2.0, ckpt_dir: str = "") -> int:
     """Log `steps` rows; `fail_rank` then fails on the job's first start (not after a torch elastic
     or JobSet restart; no process group is formed),
     `fail_after_s` later, so that the other ranks have logged their rows by then.
 
+    With `ckpt_dir`, every rank writes its shard `rank-<r>.bin` there on the first start and calls
+    `log_checkpoint(ckpt_dir)` (once every shard is written); a later start reads its shard and
+    calls `use_checkpoint(ckpt_dir)`.
+
     Returns the torch elastic restart count it finished in.
     """
+    from flyte_wandb_elastic import log_checkpoint, use_checkpoint
+
     info = get_distributed_info()
-    rank = info["rank"] if info else 0
+    rank, world = (info["rank"], info["world_size"]) if info else (0, 1)
     restart = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
     run = get_wandb_run()
     for step in range(steps):
         if run is not None:
             run.log({"row": step, "restart": restart, "rank": rank})
     first_start = restart == 0 and os.environ.get("JOBSET_RESTART_ATTEMPT", "0") == "0"
+    if ckpt_dir:
+        shards = [Path(ckpt_dir, f"rank-{r}.bin") for r in range(world)]
+        if first_start:
+            shards[rank].parent.mkdir(parents=True, exist_ok=True)
+            shards[rank].write_text(f"shard {rank}")
+            _wait_for(lambda: all(shard.exists() for shard in shards))
+            log_checkpoint(ckpt_dir)
+        else:
+            assert shards[rank].read_text() == f"shard {rank}"
+            use_checkpoint(ckpt_dir)
     if rank == fail_rank and first_start:
         time.sleep(fail_after_s)
         raise ValueError(f"rank {rank} fails on the first attempt")
@@ -232,16 +248,21 @@ def checkpointed(ckpt_uri: str, steps: int = 3, fail_rank: int = 1, fail_after_s
         use_checkpoint(ckpt_uri)
     else:
         s3.put_object(Bucket=bucket, Key=shards[rank], Body=f"shard {rank}".encode())
-        deadline = time.monotonic() + 30
-        while len(s3.list_objects_v2(Bucket=bucket, Prefix=prefix).get("Contents", [])) < world:
-            if time.monotonic() > deadline:
-                raise TimeoutError("the other ranks' shards were not written")
-            time.sleep(0.1)
+        _wait_for(lambda: len(s3.list_objects_v2(Bucket=bucket, Prefix=prefix).get("Contents", [])) == world)
         log_checkpoint(ckpt_uri, aliases=("latest", f"restart-{restart}"))
     if rank == fail_rank:
         time.sleep(fail_after_s)
         raise ValueError(f"rank {rank} fails after its checkpoint work (restart {restart})")
     return restart
+
+
+def _wait_for(done: Any, timeout_s: float = 30.0) -> None:
+    """Wait until `done()` (the other ranks' part of a checkpoint is written, say)."""
+    deadline = time.monotonic() + timeout_s
+    while not done():
+        if time.monotonic() > deadline:
+            raise TimeoutError("the other ranks' shards were not written")
+        time.sleep(0.1)
 
 
 def _log_row(run: Any, rank: int, row: int, data: dict[str, Any]) -> None:

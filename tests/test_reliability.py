@@ -5,6 +5,8 @@ Real launches (torch elastic on CPU, gloo), W&B offline files read back, bounded
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import os
 import signal
 import time
@@ -12,8 +14,11 @@ from pathlib import Path
 
 import pytest
 
+from flyte_wandb_elastic import sync_runs
+from flyte_wandb_elastic._checkpoints import checkpoint_name
 from tests.conftest import launch, wait_for_facts, wandb_core_processes
 from tests.records import POD_ENV, console_url, records
+from tests.servers import WandbServer
 
 pytestmark = pytest.mark.launch
 
@@ -21,6 +26,11 @@ B = "r1-a0"
 ONE_NODE = {"nnodes": 1, "nproc_per_node": 2, "project": "p"}
 # monitor interval (1 s) + rank shutdown + W&B finish; far below the 60 s sleeps below
 JOB_END_BOUND_S = 25
+
+
+def md5_b64(path: Path) -> str:
+    """A file's MD5 as W&B records it for a local reference (base64)."""
+    return base64.b64encode(hashlib.md5(path.read_bytes()).digest()).decode()
 
 
 def _no_core_left(tmp_path: Path) -> None:
@@ -31,7 +41,9 @@ def _no_core_left(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("run_mode", ["new", "shared"])
-def test_raising_rank_records_its_error_and_fails_the_task(tmp_path: Path, run_mode: str) -> None:
+def test_raising_rank_records_its_error_and_fails_the_task(
+    tmp_path: Path, run_mode: str, shared_wandb: WandbServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
     inputs = {"steps": 3, "fail_rank": 1}
     result = launch(tmp_path, {**ONE_NODE, "run_mode": run_mode}, inputs=inputs, extra_env=POD_ENV)
     [error] = result.errors
@@ -53,6 +65,15 @@ def test_raising_rank_records_its_error_and_fails_the_task(tmp_path: Path, run_m
         }
     ]
     assert records(failed).alerts == []
+    if run_mode == "new":  # offline, the alert waits in the run files: `sync` sends it to W&B
+        log = shared_wandb.data_dir / "server.log"
+        before = log.read_text().count("notifyScriptableRunAlert(")
+        for key, value in shared_wandb.env().items():
+            monkeypatch.setenv(key, value)
+        report = sync_runs(str(tmp_path / "work-0" / "base"))
+        assert (len(report.synced), report.failed) == (2, {})
+        # W&B sent the one alert of the primary run (openwandb has no alerts, and refuses it)
+        assert log.read_text().count("notifyScriptableRunAlert(") == before + 1
 
 
 @pytest.mark.parametrize("run_mode", ["new", "shared"])
@@ -158,7 +179,9 @@ def test_every_row_of_a_heavy_job_is_kept(tmp_path: Path, run_mode: str) -> None
 @pytest.mark.parametrize("run_mode", ["auto", "shared", "new"])
 def test_restarted_worker_group_reopens_its_runs_and_loses_nothing(tmp_path: Path, run_mode: str) -> None:
     config = {**ONE_NODE, "run_mode": run_mode, "max_restarts": 1}
-    result = launch(tmp_path, config, inputs={"steps": 3}, function="flaky")
+    # the first start checkpoints (every rank its shard), the restarted one loads the checkpoint
+    ckpt = tmp_path / "ckpt"
+    result = launch(tmp_path, config, inputs={"steps": 3, "ckpt_dir": str(ckpt)}, function="flaky")
     assert result.errors == []
     assert result.outcomes[0]["result"] == 1  # finished on the first restart
     writers: dict[tuple[str, str], list] = {}
@@ -175,6 +198,37 @@ def test_restarted_worker_group_reopens_its_runs_and_loses_nothing(tmp_path: Pat
         assert files[-1].exit_code == 0
         # a start that torch elastic restarts is not the job's failure: no alert
         assert [records(f).alerts for f in files] == [[], []]
+        # rank 0 recorded the checkpoint its first start wrote (a reference: URI and checksums),
+        # and its restarted start's use of it (offline: kept for `sync`, which records the use)
+        artifacts = [records(f).artifacts for f in files]
+        if files[0].config["flyte"]["rank"] != 0:
+            assert artifacts == [[], []]
+            continue
+        [logged], [used] = artifacts
+        assert (logged["name"], logged["type"], logged["aliases"]) == (
+            checkpoint_name(ckpt.as_uri()),
+            "checkpoint",
+            ["latest"],
+        )
+        assert logged["refs"] == {
+            f"rank-{r}.bin": ((ckpt / f"rank-{r}.bin").as_uri(), md5_b64(ckpt / f"rank-{r}.bin")) for r in (0, 1)
+        }
+        assert (logged["use_after_commit"], used["use_after_commit"]) == (False, True)
+        assert (used["name"], used["digest"], used["refs"]) == (logged["name"], logged["digest"], logged["refs"])
+        assert (
+            logged["metadata"]
+            == used["metadata"]
+            == {
+                "uri": ckpt.as_uri(),
+                "flyte": {
+                    "project": "proj",
+                    "domain": "dev",
+                    "run_name": "r1",
+                    "action_name": "a0",
+                    "console_url": None,
+                },
+            }
+        )
 
 
 def test_flyte_retry_reopens_the_runs_of_the_failed_attempt(tmp_path: Path) -> None:
