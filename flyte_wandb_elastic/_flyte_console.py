@@ -6,8 +6,8 @@ rank hooks and the tests compute the same values.
 The URL is the one Flyte's own builder gives (`flyte.remote`'s `Console.action_url`, reached in a
 client as `get_client().console.action_url(...)`): `{console}/v2/domain/{domain}/project/{project}/
 runs/{run}?i={action}`. It is written out here rather than imported, because importing
-`flyte.remote`'s client module costs a rank about 0.4 s before its function starts; the tests
-check that both agree for every form of endpoint.
+`flyte.remote`'s client module would cost each logging rank 0.2 to 0.4 s before its function
+starts (this takes about 5 us); the tests check that both agree for every form of endpoint.
 
 The console's address is the endpoint the pod's Flyte client uses, found as `flyte`'s
 `init_in_cluster` finds it (`flyte/_initialize.py`): `_U_EP_OVERRIDE` (which the backend injects),
