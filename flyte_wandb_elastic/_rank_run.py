@@ -7,6 +7,7 @@ service, `wandb.init`, and the offline fallback) and answers the training thread
 - `log` and `define_metric` are queued, in order, with the steps as given, and written as soon as
   the run is open (to the offline fallback, if that is what opened); each queued `log` is also
   kept in a file that outlives the process (`_queued`), until the run holds it;
+- `when_open(call)` (the checkpoint helpers' W&B calls) is queued with them, in order;
 - anything else waits for the run, then goes to it.
 
 If the rank's W&B service (`wandb-core`) dies under a live run (killed, out of memory), training
