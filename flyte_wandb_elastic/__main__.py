@@ -4,7 +4,8 @@
   copies in storage (a Flyte run's base directory, or anything under it, local or `s3://...`).
   Non-finite values read as W&B prints them: `NaN`, `Infinity`, `-Infinity` (strings in `--json`,
   which stays strict JSON).
-- `sync [-n N] URI` uploads every run stored under URI to the W&B server of the environment.
+- `sync [-n N] [--ranks R,...] URI` uploads every run stored under URI (or only those of the ranks
+  named) to the W&B server of the environment.
 - `layout --run-mode M --rank-scope S --nodes N --nproc-per-node P` pictures which ranks of such a
   job write which runs, from the same planner as the runs.
 """
@@ -41,6 +42,13 @@ def main(argv: list[str] | None = None) -> int:
     upload = commands.add_parser("sync", help="upload every run stored under URI to W&B")
     upload.add_argument("uri", metavar="URI", help="a Flyte run's base dir (local or s3://...), or anything under it")
     upload.add_argument("-n", type=int, default=DEFAULT_PARALLEL, help="runs uploaded at a time")
+    upload.add_argument(
+        "--ranks",
+        type=_ranks,
+        default=None,
+        metavar="R,...",
+        help="only these global ranks' runs (comma-separated, e.g. 17,42)",
+    )
     layout = commands.add_parser("layout", help="which ranks of a job write which W&B runs")
     layout.add_argument("--run-mode", choices=RUN_MODES, default="auto")
     layout.add_argument("--rank-scope", choices=RANK_SCOPES, default="global")
@@ -54,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         print(layout_diagram(options, args.nodes, args.nproc_per_node))
         return 0
     if args.command == "sync":
-        return _sync(args.uri, args.n)
+        return _sync(args.uri, args.n, args.ranks)
     with tempfile.TemporaryDirectory(prefix="flyte-wandb-elastic-") as tmp:
         try:
             runs = read_run_files(fetch_copies(args.dir, Path(tmp)))
@@ -71,9 +79,22 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _sync(uri: str, parallel: int) -> int:
+def _ranks(text: str) -> frozenset[int]:
+    """`--ranks 17,42`: the global ranks named."""
     try:
-        report = sync(uri, parallel)
+        ranks = frozenset(int(part) for part in text.split(","))
+    except ValueError:
+        ranks = frozenset({-1})
+    if not ranks or min(ranks) < 0:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not valid: expected global ranks separated by commas, e.g. 17,42"
+        )
+    return ranks
+
+
+def _sync(uri: str, parallel: int, ranks: frozenset[int] | None = None) -> int:
+    try:
+        report = sync(uri, parallel, ranks)
     except (SyncError, FileNotFoundError) as exc:
         print(f"sync: {exc}", file=sys.stderr)
         return 2

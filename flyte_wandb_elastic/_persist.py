@@ -36,6 +36,7 @@ import re
 import shutil
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from . import _storage
@@ -335,7 +336,7 @@ def whole_records_end(path: Path) -> int:
     return end
 
 
-def fetch_copies(uri: str, into: Path) -> Path:
+def fetch_copies(uri: str, into: Path, keep: Callable[[str], bool] | None = None) -> Path:
     """A local tree of the run directories stored under `uri`, their files whole.
 
     `uri` is a storage URI (`s3://...`) or a local directory: the run base directory of a Flyte
@@ -343,7 +344,8 @@ def fetch_copies(uri: str, into: Path) -> Path:
     with a manifest is read by it (the fewest objects that hold each file, in parallel), which a
     copier writing meanwhile never leaves half done; a copy without one (an older version's) is
     read whole and its parts joined. A local tree without copies is read in place; anything else is
-    written under `into` first, so the stored copies are never changed.
+    written under `into` first, so the stored copies are never changed. With `keep`, only the
+    stored objects whose path (under `uri`) it keeps are fetched.
 
     Raises:
         FileNotFoundError: Nothing is stored under `uri`.
@@ -354,6 +356,8 @@ def fetch_copies(uri: str, into: Path) -> Path:
     listed = _storage.list_flat(uri)
     if local is not None and not any(PARTS_SUFFIX + "/" in key for key in listed):
         return local  # a plain WANDB_DIR
+    if keep is not None:
+        listed = {key: entry for key, entry in listed.items() if keep(key)}
     if not listed:
         raise FileNotFoundError(f"{uri}: nothing is stored there")
     root = into / "copy"

@@ -5,7 +5,9 @@ each rank copied to storage are uploaded from anywhere that can reach both, with
 machinery (`wandb sync`, several runs at a time; the starts of one run, a restart's among them,
 one after the other and in order, so its steps arrive as they were logged). Each run directory
 synced is recorded beside its copy in storage (`flyte-wandb-synced.json`), so a second `sync`
-sends nothing; an online run whose upload finished in the pod is recorded so by the pod.
+sends nothing; an online run whose upload finished in the pod is recorded so by the pod. `ranks`
+picks writers: only the copies under their `rank-<r>` folders are fetched and uploaded (one rank's
+offline run, say, among thousands).
 
 Process: wherever the command runs (a laptop, or a Flyte task: see `examples/sync_task.py`).
 """
@@ -20,6 +22,7 @@ import sys
 import tempfile
 import urllib.error
 import urllib.request
+from collections.abc import Collection
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +39,8 @@ SYNC_TIMEOUT_S = 1800
 _UNENDED = "no end recorded"
 _EMPTY = "holds no record"
 _RUN_DIR = re.compile(r"^(?:offline-)?run-(\d{8}_\d{6})-")
+# a rank's copies lie under `.../rank-<r>/` (see `_planner.run_files_prefix`)
+_RANK_DIR = re.compile(r"^rank-(\d+)$")
 
 
 class SyncError(RuntimeError):
@@ -77,30 +82,48 @@ def check_server(environ: dict[str, str] | os._Environ[str]) -> str:
     return base_url
 
 
-def sync(uri: str, parallel: int = DEFAULT_PARALLEL) -> SyncReport:
+def sync(uri: str, parallel: int = DEFAULT_PARALLEL, ranks: Collection[int] | None = None) -> SyncReport:
     """Upload every run directory stored under `uri` that is not yet recorded as synced.
 
-    What `python -m flyte_wandb_elastic sync URI` does, to the W&B server of the environment
-    (`WANDB_BASE_URL`, `WANDB_API_KEY`).
+    What `python -m flyte_wandb_elastic sync [--ranks R,...] URI` does, to the W&B server of the
+    environment (`WANDB_BASE_URL`, `WANDB_API_KEY`).
 
     Args:
         uri: A Flyte run's base directory (local or a storage URI such as `s3://...`), or anything
             under it.
         parallel: Runs uploaded at a time.
+        ranks: Only these global ranks' copies (those under a `rank-<r>` folder for one of them);
+            `None` for every copy.
 
     Returns:
         The run directories synced, skipped (already synced) and failed, as storage URIs.
 
     Raises:
         SyncError: No key or no reachable server (nothing was sent).
-        FileNotFoundError: Nothing is stored under `uri`.
+        FileNotFoundError: Nothing is stored under `uri` (for `ranks`: nothing of theirs).
     """
     check_server(os.environ)
     report = SyncReport()
+    chosen = None if ranks is None else frozenset(ranks)
+
+    def kept(path: str) -> bool:
+        return chosen is None or rank_of(path) in chosen
+
     with tempfile.TemporaryDirectory(prefix="flyte-wandb-elastic-sync-") as tmp:
-        root = fetch_copies(uri, Path(tmp))
+        try:
+            root = fetch_copies(
+                uri, Path(tmp), keep=None if chosen is None else lambda key: kept(_storage.join(uri, key))
+            )
+        except FileNotFoundError:
+            if chosen is None:
+                raise
+            raise FileNotFoundError(f"{uri}: nothing is stored there for rank(s) {_ranks_text(chosen)}") from None
         found = [(d, _storage.join(uri, d.relative_to(root).as_posix()), _writer(d)) for d in run_dirs(root)]
+        found = [start for start in found if kept(start[1])]
+        if not found and chosen is not None:
+            raise FileNotFoundError(f"{uri}: no run is stored there for rank(s) {_ranks_text(chosen)}")
         queued = _queued_starts(root, uri, [d for d, _, _ in found], Path(tmp, "queued"), report)
+        queued = [start for start in queued if kept(start[1])]
         starts: dict[str, list[tuple[Path, str]]] = {}
         for run_dir, remote, writer in sorted([*found, *queued], key=lambda start: _started(start[0])):
             if (run_dir / SYNCED_MARKER).exists():
@@ -119,6 +142,16 @@ def sync(uri: str, parallel: int = DEFAULT_PARALLEL) -> SyncReport:
                     else:
                         report.failed[remote] = error
     return report
+
+
+def rank_of(path: str) -> int | None:
+    """The global rank whose copies hold `path` (its innermost `rank-<r>` folder), or `None`."""
+    found = [int(m.group(1)) for name in path.split("/") if (m := _RANK_DIR.match(name))]
+    return found[-1] if found else None
+
+
+def _ranks_text(ranks: Collection[int]) -> str:
+    return ", ".join(str(r) for r in sorted(ranks))
 
 
 def _started(run_dir: Path) -> tuple[str, int, str]:
