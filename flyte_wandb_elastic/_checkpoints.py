@@ -4,8 +4,9 @@ and each object's checksum).
 
 Process: a rank's own process, from the user's function. Only global rank 0 records anything (a
 sharded checkpoint is one directory, logged once); on every other rank the helpers do nothing.
-The call returns at once while the rank's run is still opening: it is queued, in order with the
-rank's `log` calls, and made once the run is open.
+The call returns at once: the checkpoint's objects are listed and their checksums read on a thread
+of their own (`_Recorder`), and the record is then queued, in order with the rank's `log` calls,
+until the run is open. The rank's end waits for pending records before it finishes the run.
 """
 
 from __future__ import annotations
@@ -13,8 +14,10 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import queue
 import re
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -127,19 +130,67 @@ def _record(
     meta = {**(metadata or {}), "uri": uri, "flyte": _flyte_action()}
     artifact_name = name or checkpoint_name(uri)
 
-    def record(wandb_run: Any) -> None:
+    def record() -> None:
         from . import _wandb_run
 
-        try:
-            _wandb_run.log_reference(wandb_run, uri, artifact_name, list(aliases), meta, used=used)
-        except Exception as exc:  # a checkpoint W&B cannot reach never stops training
-            logger.warning("could not record checkpoint %s in W&B (%s)", uri, exc)
+        artifact = _wandb_run.reference_artifact(uri, artifact_name, meta)  # lists and checksums the objects
 
-    when_open = getattr(run, "when_open", None)
-    if when_open is not None:  # a run still opening: queued with the rank's other calls
-        when_open(record)
-    else:  # blocking_init=True: the wandb.Run itself
-        record(run)
+        def log(wandb_run: Any) -> None:
+            _wandb_run.log_reference(wandb_run, artifact, list(aliases), used=used)
+
+        when_open = getattr(run, "when_open", None)
+        if when_open is not None:  # queued with the rank's other calls while the run opens
+            when_open(log)
+        else:  # blocking_init=True: the wandb.Run itself
+            log(run)
+
+    _RECORDER.submit(record, uri)
+
+
+class _Recorder:
+    """Checkpoint records, made in order on a daemon thread of their own: listing and reading the
+    checksum of every object of a checkpoint (W&B's reference does) never holds the caller, nor the
+    rank's `log` calls. The rank's end waits for them (`wait`) before it finishes the run."""
+
+    def __init__(self) -> None:
+        self._jobs: queue.SimpleQueue[tuple[Callable[[], None], str]] = queue.SimpleQueue()
+        self._pending = 0
+        self._changed = threading.Condition()
+        self._thread: threading.Thread | None = None
+
+    def submit(self, job: Callable[[], None], uri: str) -> None:
+        with self._changed:
+            self._pending += 1
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._work, name="flyte-wandb-checkpoints", daemon=True)
+                self._thread.start()
+        self._jobs.put((job, uri))
+
+    def wait(self, timeout_s: float) -> bool:
+        """Wait at most `timeout_s` for every checkpoint submitted so far to be recorded (or queued
+        in its run); whether they were."""
+        with self._changed:
+            return self._changed.wait_for(lambda: self._pending == 0, timeout=max(0.0, timeout_s))
+
+    def _work(self) -> None:
+        while True:
+            job, uri = self._jobs.get()
+            try:
+                job()
+            except Exception as exc:  # a checkpoint W&B or the storage cannot reach never stops training
+                logger.warning("could not record checkpoint %s in W&B (%s)", uri, exc)
+            finally:
+                with self._changed:
+                    self._pending -= 1
+                    self._changed.notify_all()
+
+
+_RECORDER = _Recorder()
+
+
+def wait_for_checkpoints(timeout_s: float) -> bool:
+    """Wait at most `timeout_s` for the checkpoints this process logged to reach their run's calls."""
+    return _RECORDER.wait(timeout_s)
 
 
 def _flyte_action() -> dict[str, Any] | None:

@@ -10,6 +10,8 @@ where the rank fails or is stopped. The shares below count from that moment:
   the queued rows before `FINISH_SHARE`. A run still waiting for its creation slot (see
   `_rank_run.CreationSlot`) opens online only where the slot leaves time for that before
   `INIT_SHARE`, else offline at once;
+- checkpoints the rank logged (`log_checkpoint`, `use_checkpoint`) reach the run's calls by
+  `INIT_SHARE` of it, else are left out (warned);
 - W&B gets `WANDB_SHARE` of it to upload what is left (`wandb.Settings.finish_timeout`: past it,
   wandb-core stops trying and the rest stays in the run files);
 - the finish call itself is abandoned at `FINISH_SHARE` of it, should wandb not keep its own bound

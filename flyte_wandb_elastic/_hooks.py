@@ -338,7 +338,8 @@ def _finish(rank_run: RankRun, published: Any, end: RankEnd, exit_code: int, err
             )
 
     try:
-        finish_s = end.by(FINISH_SHARE)
+        _wait_for_checkpoints(end.by(INIT_SHARE))
+        finish_s = end.by(FINISH_SHARE) - (time.monotonic() - started)
         try:
             if not run_within(lambda: rank_run.finish_when_open(finish), finish_s, "flyte-wandb-elastic-finish"):
                 unwritten = rank_run.abandon()
@@ -368,6 +369,13 @@ def _finish(rank_run: RankRun, published: Any, end: RankEnd, exit_code: int, err
             from . import _wandb_run
 
             _wandb_run.restore_global(published)
+
+
+def _wait_for_checkpoints(timeout_s: float) -> None:
+    """Let the checkpoints logged on this rank reach the run's calls before it finishes (see `_checkpoints`)."""
+    checkpoints = sys.modules.get(f"{__package__}._checkpoints")
+    if checkpoints is not None and not checkpoints.wait_for_checkpoints(timeout_s):
+        logger.warning("a checkpoint was not recorded in W&B within %.0f s of the end: it is left out", timeout_s)
 
 
 def _kept(end: RankEnd) -> str:

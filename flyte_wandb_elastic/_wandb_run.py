@@ -480,14 +480,21 @@ def kill_own_services() -> None:
     _send_no_telemetry()
 
 
-def log_reference(
-    run: Any, uri: str, name: str, aliases: list[str], metadata: dict[str, Any], used: bool = False
-) -> None:
-    """Log a W&B reference artifact of type `checkpoint` for the object(s) at `uri` (no bytes copied).
+def reference_artifact(uri: str, name: str, metadata: dict[str, Any]) -> Any:
+    """A W&B reference artifact of type `checkpoint` for the object(s) at `uri` (no bytes copied).
 
     W&B records the URI and each object's checksum (an S3 object's ETag and version, a local
-    file's MD5): a directory or prefix is every object under it. With `used`, the run is recorded
-    as the artifact's user (W&B's `useArtifact`, which lineage shows), not its producer.
+    file's MD5): a directory or prefix is every object under it, listed and read here, so this
+    may take a while for a large checkpoint (the caller is not the training thread).
+    """
+    artifact = wandb.Artifact(name, type="checkpoint", metadata=metadata)
+    artifact.add_reference(uri)
+    return artifact
+
+
+def log_reference(run: Any, artifact: Any, aliases: list[str], used: bool = False) -> None:
+    """Log a `reference_artifact` in `run`; with `used`, the run is recorded as the artifact's user
+    (W&B's `useArtifact`, which lineage shows), not its producer.
 
     W&B's own `run.use_artifact` refuses an offline run and waits for the server; here the artifact
     is logged with W&B's `use_after_commit` flag instead (what `use_artifact` itself does with an
@@ -495,8 +502,6 @@ def log_reference(
     committed, without the caller waiting; offline, the flag is kept in the run files, and
     `wandb sync` records the use when it uploads them.
     """
-    artifact = wandb.Artifact(name, type="checkpoint", metadata=metadata)
-    artifact.add_reference(uri)
     if used:
         run._log_artifact(artifact, aliases=aliases, use_after_commit=True)
     else:
