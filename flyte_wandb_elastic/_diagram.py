@@ -34,7 +34,11 @@ def layout_diagram(options: WandbOptions, nnodes: int, nproc_per_node: int) -> s
         if not plan.opens_run:
             lines.append(f"  {node:<7} {rank:<7} (no run, wandb not imported)")
             continue
-        notes = [f"label {plan.label}" if plan.label else "", "primary" if plan.primary and plan.label else ""]
+        notes = [
+            f"label {plan.label}" if plan.label else "",
+            "primary" if plan.primary and plan.label else "",
+            "offline, to storage" if plan.offline else "",
+        ]
         lines.append(f"  {node:<7} {rank:<7} --> {plan.run_id:<{width}}  {'  '.join(n for n in notes if n)}".rstrip())
     runs: dict[str, tuple[str | None, int]] = {}
     for _, plan in plans:

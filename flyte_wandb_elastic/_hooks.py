@@ -31,6 +31,7 @@ from ._options import PARENT_RUN_KEY, WandbOptions
 from ._persist import SLOW_COPY_S, RunFilesCopier, default_persist_interval
 from ._planner import RankPlan, creation_slot, plan_rank, run_files_prefix, system_metrics
 from ._queued import QueuedCalls
+from ._rank_aggregator import END_SHARE, END_WAIT_S, RankAggregator
 from ._rank_run import CreationSlot, RankRun, logger, service_lost
 from ._report import ReportTab, action_prefix
 from ._runfiles import local_wandb_dir
@@ -140,6 +141,8 @@ class RankHooks:
         action = ctx.action if ctx else None
         run_name, action_name = (action.run_name or "", action.name) if action else (None, "")
         plan = plan_rank(options, topology, run_name, action_name, self.max_nodes, context.get(PARENT_RUN_KEY))
+        if plan.offline:  # a rank's own run (rank_runs="offline"): to storage only
+            options = replace(options, mode="offline")
         finish_timeout = options.finish_timeout or DEFAULT_FINISH_TIMEOUT_S
         # a longer `init_timeout` than the default is honoured: the end may take that much longer
         end = RankEnd(finish_timeout, max(0.0, (options.init_timeout or 0.0) - INIT_SHARE * finish_timeout))
@@ -225,6 +228,10 @@ class RankHooks:
             end.keep_queued(options, plan, meta, copy_prefix, interval)
         slot = CreationSlot(creation_slot(options, plan), end.by(INIT_SHARE))  # W&B's rate of run creations
         rank_run = RankRun(opener, {**known, "name": options.name}, end.queued, slot)
+        if options.rank_runs == "offline" and topology.distributed and (topology.rank or 0) == 0 and copy_prefix:
+            peers = frozenset(range(1, topology.world_size or 1))
+            end.aggregator = RankAggregator(rank_run, action_prefix(copy_prefix), interval, peers)
+            end.aggregator.start()
         if not background:
             rank_run.open()
             run = rank_run.wandb_run()  # a plain wandb.Run; raises when opening failed
@@ -279,7 +286,7 @@ def _make_global(run: Any) -> None:
 @dataclass
 class RankEnd:
     """What the end of a rank needs: its time bound, once the run is open its copier, and on rank 0
-    of a task with `report=True` the report tab."""
+    of a task with `report=True` the report tab (with `rank_runs="offline"`, the aggregates' thread)."""
 
     finish_timeout: float
     extra_s: float = 0.0  # what an `init_timeout` longer than its default adds
@@ -287,6 +294,7 @@ class RankEnd:
     report: ReportTab | None = None
     queued: QueuedCalls | None = None
     alert: FailureAlert | None = None  # global rank 0's, unless alert_on_failure=False
+    aggregator: RankAggregator | None = None  # global rank 0's, with rank_runs="offline"
 
     def by(self, share: float) -> float:
         """Seconds from the function's return by which `share` of the end must be done."""
@@ -337,6 +345,8 @@ def _finish(rank_run: RankRun, published: Any, end: RankEnd, exit_code: int, err
                 "could not finish %r: its W&B service is gone (%s); the run files hold its rows", rank_run, exc
             )
 
+    if end.aggregator is not None:  # its last row goes into the run before the run finishes
+        end.aggregator.finish(min(END_WAIT_S, END_SHARE * end.finish_timeout), stopped=exit_code != 0)
     try:
         _wait_for_checkpoints(end.by(INIT_SHARE))
         finish_s = end.by(FINISH_SHARE) - (time.monotonic() - started)

@@ -154,7 +154,7 @@ class Wandb:
         page = f"{host}/{_part(options.entity)}/{_part(options.project)}"
         if self.every_node:
             plans = _plans_of_every_node(options, self.max_nodes, self.nproc_per_node, run_name, action_name, context)
-            groups = {plan.group for plan in plans if plan.opens_run}
+            groups = {plan.group for plan in plans if plan.opens_run and not plan.offline}
             group = groups.pop() if len(groups) == 1 else None
             return f"{page}/groups/{_part(group)}" if group else page
         max_nodes, nproc_per_node, node = self.max_nodes, self.nproc_per_node, self.node

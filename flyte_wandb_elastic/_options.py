@@ -17,11 +17,13 @@ RunMode = Literal["auto", "shared", "new"]
 RankScope = Literal["global", "worker"]
 Mode = Literal["online", "offline", "disabled"]
 OnInitFailure = Literal["offline", "raise"]
+RankRuns = Literal["offline"]
 
 RUN_MODES: tuple[str, ...] = get_args(RunMode)
 RANK_SCOPES: tuple[str, ...] = get_args(RankScope)
 MODES: tuple[str, ...] = get_args(Mode)
 ON_INIT_FAILURE: tuple[str, ...] = get_args(OnInitFailure)
+RANK_RUNS: tuple[str, ...] = get_args(RankRuns)
 
 # Prefix of the run-context keys; the same keys as the upstream `flyteplugins-wandb` writes.
 CONTEXT_PREFIX = "wandb_"
@@ -106,6 +108,14 @@ class WandbOptions:
         alert_on_failure: Whether a failed job sends one W&B alert (`run.alert`, which W&B
             delivers by the project's Slack or e-mail settings) from its primary run, naming the
             rank that failed first, its error and the Flyte action's console link (default `True`).
+        rank_runs: `"offline"`: with `run_mode="auto"`, every rank that the layout leaves without
+            a run writes one of its own, offline (`{base}-rank-{r}`, grouped under the base id),
+            copied to storage like every run and uploaded on demand (`sync --ranks 17,42`), while
+            the primary writers log as declared. From those copies, a thread of global rank 0's
+            process logs the cross-rank aggregates of each metric into its run (`ranks/<metric>/mean`,
+            `/min`, `/max`, `/min_rank`, `/max_rank`, `/finite`, `/nonfinite`), every
+            `persist_interval`, charted against their own step metric `ranks/step`. Unset: only
+            the layout's writers open runs.
     """
 
     project: str | None = None
@@ -131,6 +141,7 @@ class WandbOptions:
     persist_to: str | None = None
     max_run_creations_per_s: float | None = None
     alert_on_failure: bool | None = None
+    rank_runs: RankRuns | None = None
 
     def __post_init__(self) -> None:
         for name in ("blocking_init", "alert_on_failure"):
@@ -154,6 +165,14 @@ class WandbOptions:
         _check_choice("run_mode", self.run_mode, RUN_MODES)
         _check_choice("rank_scope", self.rank_scope, RANK_SCOPES)
         _check_choice("mode", self.mode, MODES)
+        _check_choice("rank_runs", self.rank_runs, RANK_RUNS)
+        if self.rank_runs is not None and self.run_mode not in (None, "auto"):
+            raise invalid(
+                "rank_runs",
+                self.rank_runs,
+                f"None with run_mode={self.run_mode!r}, where every rank writes a run already "
+                "(rank_runs='offline' goes with run_mode='auto')",
+            )
         for name in ("project", "entity", "id", "name", "group", "notes", "job_type", "persist_to"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, str) or not value.strip()):

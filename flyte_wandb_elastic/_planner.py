@@ -30,6 +30,9 @@ class RankPlan:
         creation_order: This rank's place, in rank order, among the job's ranks that call
             `wandb.init` (0 for the first): the order of their creation slots (`creation_slot`).
             In shared mode every writer counts, as each `wandb.init` is a creation request.
+            An offline run creates nothing on W&B: 0.
+        offline: Whether this rank's run is offline whatever the task's mode (`rank_runs="offline"`:
+            a rank the layout leaves without a run writes one of its own, to storage only).
     """
 
     opens_run: bool
@@ -38,6 +41,7 @@ class RankPlan:
     label: str | None = None
     primary: bool = False
     creation_order: int = 0
+    offline: bool = False
 
 
 NO_RUN = RankPlan(opens_run=False)
@@ -66,6 +70,10 @@ def plan_rank(
     | shared / worker | every rank (primary: local 0) | base-worker-{node} | - | rank-{r} |
     | new / global | every rank | base-rank-{r} | base | - |
     | new / worker | every rank | base-worker-{node}-rank-{local} | base-worker-{node} | - |
+
+    With `rank_runs="offline"` (auto mode), every rank that the table leaves without a run opens
+    one offline, with new mode's id and group (`base-rank-{r}` in group `base`, or
+    `base-worker-{node}-rank-{local}` in group `base-worker-{node}`), as its own primary.
 
     The creation order of an opening rank is its node's index where one rank per node opens
     (`auto` / `worker`), else its global rank.
@@ -105,7 +113,12 @@ def plan_rank(
     scope_id = f"{base_id}-worker-{topology.node_rank}" if per_node else base_id
     scope_primary = topology.local_rank == 0 if per_node else topology.rank == 0
 
+    rank_suffix = f"-rank-{topology.local_rank}" if per_node else f"-rank-{topology.rank}"
     if run_mode == "auto":
+        if not scope_primary and options.rank_runs == "offline":
+            return RankPlan(
+                opens_run=True, run_id=scope_id + rank_suffix, group=group or scope_id, primary=True, offline=True
+            )
         if not scope_primary:
             return NO_RUN
         order = topology.node_rank if per_node else 0
@@ -122,7 +135,6 @@ def plan_rank(
             creation_order=topology.rank,
         )
 
-    rank_suffix = f"-rank-{topology.local_rank}" if per_node else f"-rank-{topology.rank}"
     return RankPlan(
         opens_run=True,
         run_id=scope_id + rank_suffix,
@@ -158,14 +170,17 @@ def creation_slot(options: WandbOptions, plan: RankPlan) -> float:
 def system_metrics(plan: RankPlan, topology: Topology, run_mode: str | None, gpus_visible: bool) -> dict[str, Any]:
     """W&B system-metric settings that keep the ranks of one node from reporting the same things.
 
-    Where several ranks of a node write runs (`shared` and `new` modes), each reports only its own
-    GPU (the one its local rank drives) and only local rank 0 reports the node's disks. A single
-    writer per node (`auto`) keeps W&B's defaults: all of the node's devices.
+    Where several ranks of a node write runs (`shared` and `new` modes, and each rank's own offline
+    run with `rank_runs="offline"`), each reports only its own GPU (the one its local rank drives)
+    and only local rank 0 reports the node's disks. A single writer per node (`auto`) keeps W&B's
+    defaults: all of the node's devices.
 
     Returns:
         `wandb.Settings` fields to apply (empty when W&B's defaults fit).
     """
-    several_writers = run_mode in ("shared", "new") and topology.distributed and topology.local_world_size > 1
+    several_writers = (
+        (run_mode in ("shared", "new") or plan.offline) and topology.distributed and topology.local_world_size > 1
+    )
     if not plan.opens_run or not several_writers:
         return {}
     settings: dict[str, Any] = {}

@@ -164,7 +164,10 @@ def layouts_within(options: WandbOptions, nodes: int, nproc_per_node: int) -> tu
     for run_mode in RUN_MODES:
         for rank_scope in RANK_SCOPES:
             layout = replace(
-                options.wandb_options(), run_mode=cast(RunMode, run_mode), rank_scope=cast(RankScope, rank_scope)
+                options.wandb_options(),
+                run_mode=cast(RunMode, run_mode),
+                rank_scope=cast(RankScope, rank_scope),
+                rank_runs=options.rank_runs if run_mode == "auto" else None,  # auto's alone
             )
             if not _over(wandb_load(layout, nodes, nproc_per_node)):
                 found.append((run_mode, rank_scope))
@@ -243,10 +246,10 @@ def limit_message(
     return (
         f"{declaration} with {declared} would exceed W&B's documented limits online at {size}: {exceeded} "
         f"(sources: {sources}). Within them at this size: {layouts}; or mode='offline', the run files "
-        "uploaded after the job (python -m flyte_wandb_elastic sync); a layout where every rank also writes its "
-        f"run offline to storage beside an online primary is planned.{unknown} The rate limits are defaults "
-        "that the operator of a Dedicated Cloud or Self-Managed server can raise: filter WandbLimitWarning "
-        "where they did."
+        "uploaded after the job (python -m flyte_wandb_elastic sync); or run_mode='auto' with "
+        "rank_runs='offline' (every rank's own run offline to storage, its aggregates in the primary's run)."
+        f"{unknown} The rate limits are defaults that the operator of a Dedicated Cloud or Self-Managed server "
+        "can raise: filter WandbLimitWarning where they did."
     )
 
 
@@ -256,7 +259,7 @@ def _writer_ids(options: WandbOptions, node: int, nodes: int, nproc_per_node: in
     for local in range(nproc_per_node):
         topology = Topology.in_job(node * nproc_per_node + local, nodes, nproc_per_node)
         plan = plan_rank(options, topology, "run", "action", nodes)
-        if plan.opens_run:
+        if plan.opens_run and not plan.offline:  # an offline run costs W&B nothing until synced
             ids.append(str(plan.run_id))  # set whenever a run name is given
     return ids
 

@@ -160,7 +160,7 @@ def test_new_global_at_1024_by_8_warns_at_declaration() -> None:
     assert "https://docs.wandb.ai/platform/hosting/self-managed/rate-limits" in message
     assert "https://docs.wandb.ai/models/track/log/distributed-training" in message
     assert "Within them at this size: run_mode='auto' with rank_scope='global'; or mode='offline'" in message
-    assert "every rank also writes its run offline to storage beside an online primary is planned" in message
+    assert "or run_mode='auto' with rank_runs='offline' (every rank's own run offline to storage" in message
     assert "rank_scope unset here (taken as 'global'), mode unset here (taken as online)" in message
     assert "the run context (wandb_config) or WANDB_MODE in the pods may set them" in message
 
