@@ -141,8 +141,8 @@ class RankHooks:
         action = ctx.action if ctx else None
         run_name, action_name = (action.run_name or "", action.name) if action else (None, "")
         plan = plan_rank(options, topology, run_name, action_name, self.max_nodes, context.get(PARENT_RUN_KEY))
-        if plan.offline:  # a rank's own run (rank_runs="offline"): to storage only
-            options = replace(options, mode="offline")
+        if plan.offline and (options.mode or os.environ.get("WANDB_MODE")) != "disabled":
+            options = replace(options, mode="offline")  # a rank's own run (rank_runs="offline"): to storage only
         finish_timeout = options.finish_timeout or DEFAULT_FINISH_TIMEOUT_S
         # a longer `init_timeout` than the default is honoured: the end may take that much longer
         end = RankEnd(finish_timeout, max(0.0, (options.init_timeout or 0.0) - INIT_SHARE * finish_timeout))
