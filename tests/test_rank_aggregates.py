@@ -1,8 +1,8 @@
 """Every rank's picture (`rank_runs="offline"`): each rank's own offline run in storage, the cross-rank
 aggregates of each metric in the primary's run, and `sync --ranks` of chosen ranks' stored runs.
 
-One real 2 x 2 launch on torch elastic (offline, each node with a disk of its own); the aggregation
-itself and `sync --ranks` (against openwandb) without a launch.
+One real 2 x 2 launch on torch elastic (the primary online against openwandb, each node with a disk
+of its own); the aggregation itself and `sync --ranks` (against openwandb) without a launch.
 """
 
 from __future__ import annotations
@@ -179,13 +179,17 @@ STEPS = 30
 
 
 @pytest.mark.launch
-def test_every_rank_writes_its_run_offline_and_rank_0_logs_their_aggregates(tmp_path: Path) -> None:
-    # 2 x 2 ranks on torch elastic, offline, each node with a disk of its own (deleted after the job):
-    # ranks 1-3 write their own runs to storage beside the primary's; rank 1's loss goes NaN and inf
+def test_every_rank_writes_its_run_offline_and_rank_0_logs_their_aggregates(
+    tmp_path: Path, wandb_server: WandbServer
+) -> None:
+    # 2 x 2 ranks on torch elastic, each node with a disk of its own (deleted after the job): the
+    # primary logs online to a W&B server on loopback, ranks 1-3 write their own runs offline to
+    # storage beside the primary's copy; rank 1's loss goes NaN and inf
     base = str(tmp_path / "storage")
     config = {"nnodes": 2, "nproc_per_node": 2, "project": PROJECT, "persist_interval": 1.0, "rank_runs": "offline"}
+    config.update(entity=ENTITY, host=wandb_server.url)
     inputs = {"steps": STEPS, "interval_s": 0.1, "diverge": True}
-    job = launch(tmp_path, config, inputs, function="paced", run_base_dir=base, pods=True)
+    job = launch(tmp_path, config, inputs, function="paced", run_base_dir=base, pods=True, extra_env=wandb_server.env())
     assert job.errors == [], job.logs
     assert not any(tmp_path.glob("pod-*"))  # the pods' disks are gone: what follows is read from storage
 
@@ -234,3 +238,8 @@ def test_every_rank_writes_its_run_offline_and_rank_0_logs_their_aggregates(tmp_
     assert (last["ranks/loss/finite"], last["ranks/loss/nonfinite"]) == (3, 1)
     finals = [values[r]["loss"][-1] for r in (2, 3)]  # ranks 2 and 3, whose ends rank 0 waited for
     assert last["ranks/loss/max"] >= max(finals) and last["ranks/row/max"] == STEPS - 1
+    # online, W&B got the primary's run with every row of aggregates; the ranks' own runs stayed offline
+    assert wandb_server.runs() == {"r1-a0": "finished"}
+    online = [row for row in wandb_server.rows(PROJECT, "r1-a0") if "ranks/step" in row]
+    assert [row["ranks/step"] for row in online] == steps
+    assert (online[-1]["ranks/rank/finite"], online[-1]["ranks/rank/mean"]) == (4, 1.5)
