@@ -11,7 +11,7 @@ where the rank fails or is stopped. The shares below count from that moment:
   `_rank_run.CreationSlot`) opens online only where the slot leaves time for that before
   `INIT_SHARE`, else offline at once;
 - checkpoints the rank logged (`log_checkpoint`, `use_checkpoint`) reach the run's calls by
-  `INIT_SHARE` of it, else are left out (warned);
+  `FINISH_SHARE - WANDB_SHARE` of it, so that W&B keeps its whole share, else are left out (warned);
 - W&B gets `WANDB_SHARE` of it to upload what is left (`wandb.Settings.finish_timeout`: past it,
   wandb-core stops trying and the rest stays in the run files);
 - the finish call itself is abandoned at `FINISH_SHARE` of it, should wandb not keep its own bound

@@ -23,7 +23,15 @@ import flyte
 
 from ._after_import import after_import
 from ._alerts import FailureAlert
-from ._deadline import COPY_SHARE, DEFAULT_FINISH_TIMEOUT_S, FINISH_SHARE, INIT_SHARE, REPORT_SHARE, run_within
+from ._deadline import (
+    COPY_SHARE,
+    DEFAULT_FINISH_TIMEOUT_S,
+    FINISH_SHARE,
+    INIT_SHARE,
+    REPORT_SHARE,
+    WANDB_SHARE,
+    run_within,
+)
 from ._flyte_console import FlyteAction
 from ._job_end import JobEnd
 from ._node_service import first_rank_service, join_node_service
@@ -336,8 +344,7 @@ def _finish(rank_run: RankRun, published: Any, end: RankEnd, exit_code: int, err
         from . import _wandb_run
 
         try:
-            alert = end.alert.compose(exit_code, error) if end.alert is not None else None
-            uploaded.append(_wandb_run.finish_run(run, exit_code, error, alert))
+            uploaded.append(_wandb_run.finish_run(run, exit_code, error, _alert(end, exit_code, error)))
         except Exception as exc:
             if not service_lost(exc):
                 raise
@@ -348,7 +355,8 @@ def _finish(rank_run: RankRun, published: Any, end: RankEnd, exit_code: int, err
     if end.aggregator is not None:  # its last row goes into the run before the run finishes
         end.aggregator.finish(min(END_WAIT_S, END_SHARE * end.finish_timeout), stopped=exit_code != 0)
     try:
-        _wait_for_checkpoints(end.by(INIT_SHARE))
+        # W&B keeps its whole share of the end for the finish (its own bound is `WANDB_SHARE`)
+        _wait_for_checkpoints(end.by(FINISH_SHARE - WANDB_SHARE) - (time.monotonic() - started))
         finish_s = end.by(FINISH_SHARE) - (time.monotonic() - started)
         try:
             if not run_within(lambda: rank_run.finish_when_open(finish), finish_s, "flyte-wandb-elastic-finish"):
@@ -379,6 +387,17 @@ def _finish(rank_run: RankRun, published: Any, end: RankEnd, exit_code: int, err
             from . import _wandb_run
 
             _wandb_run.restore_global(published)
+
+
+def _alert(end: RankEnd, exit_code: int, error: str | None) -> Any:
+    """The failure alert the run sends as it finishes, if any; never in the way of the finish."""
+    if end.alert is None:
+        return None
+    try:
+        return end.alert.compose(exit_code, error)
+    except Exception as exc:
+        logger.warning("could not compose the W&B alert of this failed job (%s): the run finishes without it", exc)
+        return None
 
 
 def _wait_for_checkpoints(timeout_s: float) -> None:

@@ -30,6 +30,7 @@ Process: a rank's own process, in a thread of its own; `fetch_copies` wherever t
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import re
@@ -104,6 +105,7 @@ class RunFilesCopier:
         # parts in a segment, by the manifest version that first left them out: deleted once no
         # manifest of the last `COMPACT_PARTS` copies names them
         self._doomed: list[tuple[int, list[str]]] = []
+        self._pieces_sent = 0  # pieces the manifest names that were sent: a changed count is a manifest to write
         self._lock = threading.Lock()  # one copy at a time
         self._calls = _storage.Calls()  # cancelled when the last copy is given up
         self._stop = threading.Event()
@@ -125,20 +127,32 @@ class RunFilesCopier:
         """Send what changed since the last copy (the debug logs too if `final`), then the manifest;
         whether everything was sent."""
         with self._lock:
+            pieces = self._pieces_sent
             try:
-                sent = [self._send(path) for path in sorted(self._files(final))]
-                if any(sent) or (final and not self.manifest.ended):
-                    self.manifest.copies += 1
-                    self.manifest.ended = final
-                    data = self.manifest.to_json()
-                    _storage.put_bytes(manifest_uri(self.uri), data, self._calls)
-                    self.bytes_sent += len(data)
-                    self._delete_doomed()
+                # the rows first: a copy cut short (the end's share ran out) keeps them
+                for path in sorted(self._files(final), key=lambda path: (path.suffix != ".wandb", str(path))):
+                    self._send(path)
+                if self._pieces_sent != pieces or (final and not self.manifest.ended):
+                    self._write_manifest(ended=final)
             except Exception as exc:  # storage down or refusing: next time
                 self._warn_once(f"{type(exc).__name__}: {exc}")
+                if self._pieces_sent != pieces:  # what was sent before the failure is readable all the same
+                    with contextlib.suppress(Exception):
+                        self._write_manifest(ended=False)
                 return False
+            try:
+                self._delete_doomed()
+            except Exception as exc:  # parts left over cost storage, not rows: deleted with the next copy
+                self._warn_once(f"{type(exc).__name__}: {exc}")
             self.copies += 1
             return True
+
+    def _write_manifest(self, ended: bool) -> None:
+        self.manifest.copies += 1
+        self.manifest.ended = ended
+        data = self.manifest.to_json()
+        _storage.put_bytes(manifest_uri(self.uri), data, self._calls)
+        self.bytes_sent += len(data)
 
     def _copy_in_time(self, timeout_s: float) -> None:
         """Copy, warning once if it takes longer than `timeout_s` (storage clients retry for minutes)."""
@@ -246,6 +260,7 @@ class RunFilesCopier:
             _storage.put_bytes(_storage.join(self.uri, part.key), data, self._calls)
             self._sent_offsets[path] = part.end
             self.manifest.files.setdefault(relative, []).append(part)
+            self._pieces_sent += 1
             self._unsealed.setdefault(relative, []).append(part)
             if len(self._unsealed[relative]) >= COMPACT_PARTS:
                 self._compact(path, relative)
@@ -258,6 +273,7 @@ class RunFilesCopier:
             _storage.put_bytes(_storage.join(self.uri, relative), data, self._calls)
             self._sent_stamps[path] = stamp
             self.manifest.files[relative] = [Piece(0, len(data), relative)]
+            self._pieces_sent += 1
         self.bytes_sent += len(data)
         return True
 
