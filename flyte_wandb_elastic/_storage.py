@@ -220,26 +220,6 @@ def delete(uris: list[str], calls: Calls | None = None) -> None:
     (calls.run if calls is not None else asyncio.run)(rm())
 
 
-def download_tree(uri: str, to: Path) -> Path:
-    """Copy every object under `uri` into the directory `to`; returns the local root of the copy.
-
-    A local `uri` is read where it is, not copied.
-
-    Raises:
-        FileNotFoundError: Nothing is stored under `uri`.
-    """
-    local = _local(uri)
-    if local is not None:
-        if not local.exists():
-            raise FileNotFoundError(f"{uri}: no such directory")
-        return local
-    found = list_flat(uri)
-    if not found:
-        raise FileNotFoundError(f"{uri}: nothing is stored there")
-    download(uri, list(found), to)
-    return to
-
-
 def download(uri: str, relative: list[str], to: Path) -> None:
     """Write the objects `uri/<r>` for each `r` in `relative` as `to/<r>`, `PARALLEL` at a time."""
     contents = read_many([join(uri, r) for r in relative])
@@ -297,11 +277,6 @@ def list_flat(uri: str) -> dict[str, Listed]:
         return out
 
     return asyncio.run(every())
-
-
-def list_sizes(uri: str) -> dict[str, int]:
-    """Every object (or file) under `uri`, by its path relative to `uri`, with its size in bytes."""
-    return {path: listed.size for path, listed in list_flat(uri).items()}
 
 
 def _missing(exc: BaseException) -> bool:

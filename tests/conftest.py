@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from flyte_wandb_elastic._runfiles import RunFile, read_run_files
-from tests.servers import WandbServer
+from tests.servers import S3Server, WandbServer
 
 REPO = Path(__file__).resolve().parent.parent
 LAUNCH_TIMEOUT_S = 150
@@ -471,3 +471,21 @@ def wandb_core_processes(wandb_dir: Path) -> list[int]:
         if b"wandb-core" in cmdline and f"WANDB_DIR={wandb_dir}".encode() in environ and state != "Z":
             found[int(proc.name)] = int(ppid)
     return [pid for pid, ppid in found.items() if ppid not in found]
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """An S3-compatible server (moto) on loopback, shared by a module's tests."""
+    server = S3Server(tmp_path_factory.mktemp("s3"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def wandb_server(tmp_path: Path) -> Iterator[WandbServer]:
+    """A W&B server of this test's own, which the test may kill."""
+    server = WandbServer(tmp_path / "openwandb")
+    server.start()
+    yield server
+    server.stop()

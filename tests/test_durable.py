@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -34,23 +34,6 @@ pytestmark = pytest.mark.launch
 
 PROJECT = "p"
 STEPS = 20
-
-
-@pytest.fixture(scope="module")
-def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
-    server = S3Server(tmp_path_factory.mktemp("s3"))
-    server.start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def wandb_server(tmp_path: Path) -> Iterator[WandbServer]:
-    """A W&B server of this test's own, which the test may kill."""
-    server = WandbServer(tmp_path / "openwandb")
-    server.start()
-    yield server
-    server.stop()
 
 
 def run_job(

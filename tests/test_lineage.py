@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import sqlite3
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -26,14 +25,6 @@ from tests.servers import ENTITY, S3Server, WandbServer
 pytestmark = pytest.mark.launch
 
 PROJECT = "p"
-
-
-@pytest.fixture(scope="module")
-def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
-    server = S3Server(tmp_path_factory.mktemp("s3"))
-    server.start()
-    yield server
-    server.stop()
 
 
 def server_artifacts(server: WandbServer) -> list[tuple[str, str, str, dict]]:

@@ -12,7 +12,6 @@ import os
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -120,14 +119,6 @@ for rank in range(3):
         run.log({"x": 10 * rank + i})
     run.finish()
 """
-
-
-@pytest.fixture
-def wandb_server(tmp_path: Path) -> Iterator[WandbServer]:
-    server = WandbServer(tmp_path / "openwandb")
-    server.start()
-    yield server
-    server.stop()
 
 
 def _cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
