@@ -2,45 +2,60 @@
 
 For clusters whose pods cannot reach W&B (air-gapped, or a server lost mid-run): the run files
 each rank copied to storage are uploaded from anywhere that can reach both, with W&B's own sync
-machinery (`wandb sync`, several runs at a time; the starts of one run, a restart's among them,
-one after the other and in order, so its steps arrive as they were logged). Each run directory
-synced is recorded beside its copy in storage (`flyte-wandb-synced.json`), so a second `sync`
-sends nothing; an online run whose upload finished in the pod is recorded so by the pod. `ranks`
-picks writers: only the copies under their `rank-<r>` folders are fetched and uploaded (one rank's
-offline run, say, among thousands).
+machinery (wandb-core's, as `wandb beta sync` runs it: many runs in one process, several at a
+time). The starts of one writer, a restart's among them, go one after the other and in order, so
+its steps arrive as they were logged. Each run directory synced is recorded beside its copy in
+storage (`flyte-wandb-synced.json`), so a second `sync` sends nothing; an online run whose upload
+finished in the pod is recorded so by the pod. `ranks` picks writers: only the copies under their
+`rank-<r>` folders are fetched and uploaded (one rank's offline run, say, among thousands).
+
+What is read from storage grows with what is not synced yet: one flat listing of the URI shows
+which copies carry the synced record, and no object of those is read (except beside a writer's
+file of queued calls that still needs its earlier starts, see `_queued`).
+
+Uploads go in batches of at most `RUNS_PER_BATCH` run files, begun at least `BATCH_MIN_S` apart,
+so that W&B's limit of 80 run creations a second (`_wandb_limits`) holds in any one-second window
+(which overlaps at most two batches). A batch holds at most one start of each run: the first
+unsynced start of every run, then (once those are done) the second, and so on.
 
 Process: wherever the command runs (a laptop, or a Flyte task: see `examples/sync_task.py`).
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
-import shutil
-import subprocess
-import sys
 import tempfile
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Collection
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import _storage
-from ._persist import SYNCED_MARKER, fetch_copies, mark_synced, run_dirs
+from ._manifest import MANIFESTS
+from ._persist import _COPY_NAME, SYNCED_MARKER, fetch_copies, mark_synced, run_dirs
+from ._queued import PREFIX as QUEUED_PREFIX
 from ._queued import Queued, begun, its_start, queued_files, read_queued, unwritten, writers_starts
 from ._runfiles import iter_records, read_run_file
 
 DEFAULT_BASE_URL = "https://api.wandb.ai"
 DEFAULT_PARALLEL = 4
-SYNC_TIMEOUT_S = 1800
-# `[offline-]run-<YYYYMMDD_HHMMSS>-<run id>...`: a run's writer, started at that time
+# W&B allows 80 run creations a second per project (`_wandb_limits`); a batch creates at most one
+# run per file, and batches begin at least `BATCH_MIN_S` apart: any one second overlaps at most two.
+RUNS_PER_BATCH = 40
+BATCH_MIN_S = 1.0
 _UNENDED = "no end recorded"
 _EMPTY = "holds no record"
+_EARLIER_FAILED = "an earlier start failed"
+# `[offline-]run-<YYYYMMDD_HHMMSS>-<run id>...`: a run's writer, started at that time
 _RUN_DIR = re.compile(r"^(?:offline-)?run-(\d{8}_\d{6})-")
 # a rank's copies lie under `.../rank-<r>/` (see `_planner.run_files_prefix`)
 _RANK_DIR = re.compile(r"^rank-(\d+)$")
+# wandb-core's message about one run: `[<entity>/<project>/<run id>] ...`
+_ABOUT_RUN = re.compile(r"^\[[^\]]*/([^/\]]+)\] ")
 
 
 class SyncError(RuntimeError):
@@ -109,39 +124,86 @@ def sync(uri: str, parallel: int = DEFAULT_PARALLEL, ranks: Collection[int] | No
     def kept(path: str) -> bool:
         return chosen is None or rank_of(path) in chosen
 
+    def missing() -> FileNotFoundError:
+        if chosen is None:
+            return FileNotFoundError(f"{uri}: nothing is stored there")
+        return FileNotFoundError(f"{uri}: nothing is stored there for rank(s) {_ranks_text(chosen)}")
+
+    listed = [key for key in _listing(uri) if kept(_storage.join(uri, key))]
+    if not listed:
+        raise missing()
+    passed = _synced_copies(listed)
+    wanted = {key for key in listed if _copy_of(key) not in passed}
     with tempfile.TemporaryDirectory(prefix="flyte-wandb-elastic-sync-") as tmp:
-        try:
-            root = fetch_copies(
-                uri, Path(tmp), keep=None if chosen is None else lambda key: kept(_storage.join(uri, key))
-            )
-        except FileNotFoundError:
-            if chosen is None:
-                raise
-            raise FileNotFoundError(f"{uri}: nothing is stored there for rank(s) {_ranks_text(chosen)}") from None
-        found = [(d, _storage.join(uri, d.relative_to(root).as_posix()), _writer(d)) for d in run_dirs(root)]
-        found = [start for start in found if kept(start[1])]
-        if not found and chosen is not None:
+        root: Path | None = None
+        if any(_copy_of(key) is not None for key in wanted):
+            root = fetch_copies(uri, Path(tmp), keep=wanted.__contains__)
+        found = []
+        if root is not None:
+            found = [(d, _remote(uri, root, d), _writer(d)) for d in run_dirs(root)]
+            found = [start for start in found if kept(start[1]) and _relative(uri, start[1]) not in passed]
+        skipped = [_storage.join(uri, copy) for copy in sorted(passed) if _RUN_DIR.match(copy.rpartition("/")[2])]
+        if not found and not skipped and chosen is not None:
             raise FileNotFoundError(f"{uri}: no run is stored there for rank(s) {_ranks_text(chosen)}")
-        queued = _queued_starts(root, uri, [d for d, _, _ in found], Path(tmp, "queued"), report)
-        queued = [start for start in queued if kept(start[1])]
+        report.skipped += skipped
+        queued = []
+        if root is not None:
+            queued = _queued_starts(root, uri, [d for d, _, _ in found], Path(tmp, "queued"), report)
+            queued = [start for start in queued if kept(start[1])]
         starts: dict[str, list[tuple[Path, str]]] = {}
         for run_dir, remote, writer in sorted([*found, *queued], key=lambda start: _started(start[0])):
             if (run_dir / SYNCED_MARKER).exists():
                 report.skipped.append(remote)
             else:
                 starts.setdefault(writer, []).append((run_dir, remote))
-        with ThreadPoolExecutor(max_workers=max(1, parallel)) as pool:
-            for outcomes in pool.map(_sync_in_order, starts.values()):
-                for remote, error in outcomes:
-                    if error == _EMPTY:
-                        report.empty.append(remote)
-                    elif error is None or error == _UNENDED:
-                        report.synced.append(remote)
-                        if error == _UNENDED:
-                            report.unended.append(remote)
-                    else:
-                        report.failed[remote] = error
+        for remote, error in _upload(starts, parallel).items():
+            if error == _EMPTY:
+                report.empty.append(remote)
+            elif error is None or error == _UNENDED:
+                report.synced.append(remote)
+                if error == _UNENDED:
+                    report.unended.append(remote)
+            else:
+                report.failed[remote] = error
     return report
+
+
+def _listing(uri: str) -> list[str]:
+    """Every object stored under `uri`, by its path relative to it (one flat listing).
+
+    Raises:
+        FileNotFoundError: `uri` is a local path that does not exist.
+    """
+    if _storage.is_local(uri) and not Path(uri.removeprefix("file://")).exists():
+        raise FileNotFoundError(f"{uri}: no such directory")
+    return sorted(_storage.list_flat(uri))
+
+
+def _copy_of(key: str) -> str | None:
+    """The copy (a run directory's, or a file of queued calls') that the stored object `key` is part
+    of, as a path relative to the URI listed; `None` for anything else (a manifest, say)."""
+    names = key.split("/")
+    at = next((i for i, name in enumerate(names[:-1]) if _COPY_NAME.match(name)), None)
+    if at is None or MANIFESTS in names[:at]:
+        return None
+    return "/".join(names[: at + 1])
+
+
+def _relative(uri: str, remote: str) -> str:
+    return remote.removeprefix(uri.rstrip("/")).lstrip("/")
+
+
+def _synced_copies(listed: list[str]) -> set[str]:
+    """The copies that a listing shows recorded as synced, none of whose objects `sync` needs.
+
+    A writer's file of queued calls not yet synced may need the run files of the writer's earlier
+    starts (see `_queued_starts`): every copy in its folder is read then, synced or not.
+    """
+    keys = set(listed)
+    copies = {copy for key in listed if (copy := _copy_of(key)) is not None}
+    synced = {copy for copy in copies if f"{copy}/{SYNCED_MARKER}" in keys}
+    waiting = {copy.rpartition("/")[0] for copy in copies - synced if copy.rpartition("/")[2].startswith(QUEUED_PREFIX)}
+    return {copy for copy in synced if copy.rpartition("/")[0] not in waiting}
 
 
 def rank_of(path: str) -> int | None:
@@ -178,6 +240,8 @@ def _queued_starts(
     writers: dict[tuple[Path, str, str | None], list[Queued]] = {}
     for path in queued_files(root):
         queued = read_queued(path)
+        if _done(queued):  # recorded, so that the next `sync` need not read its folder
+            mark_synced(_remote(uri, root, queued.dir), "python -m flyte_wandb_elastic sync (its calls are in its run)")
         key = (queued.dir.parent, str(queued.writer.get("id")), queued.writer.get("label"))
         writers.setdefault(key, []).append(queued)
     out: list[tuple[Path, str, str]] = []
@@ -221,6 +285,14 @@ def _queued_starts(
     return out
 
 
+def _done(queued: Queued) -> bool:
+    """Whether a file of queued calls, not recorded as synced, is final and needs nothing sent: its
+    run opened and holds every call, or its rank ended with no call queued."""
+    if (queued.dir / SYNCED_MARKER).exists():
+        return False
+    return queued.opened or (queued.ended is not None and not queued.calls)
+
+
 def _pending(queued: Queued) -> bool:
     """Whether the calls may be missing from their run: it never said it opened, and they were not synced."""
     return bool(queued.calls) and not queued.opened and not (queued.dir / SYNCED_MARKER).exists()
@@ -231,39 +303,105 @@ def _remote(uri: str, root: Path, local: Path) -> str:
     return _storage.join(uri, local.relative_to(root).as_posix())
 
 
-def _sync_in_order(starts: list[tuple[Path, str]]) -> list[tuple[str, str | None]]:
-    """Sync one writer's starts in order; once one fails, the later ones wait for the next `sync`."""
-    outcomes: list[tuple[str, str | None]] = []
-    for run_dir, remote in starts:
-        failed = any(e not in (None, _UNENDED, _EMPTY) for _, e in outcomes)
-        error = "an earlier start failed" if failed else _sync_one(run_dir, remote)
-        outcomes.append((remote, error))
+def _upload(starts: dict[str, list[tuple[Path, str]]], parallel: int) -> dict[str, str | None]:
+    """Upload each writer's starts in order (once one fails, its later ones wait for the next
+    `sync`), the first of every run together, then the second, and so on, in batches (see the
+    module docstring); record each ended one as synced.
+
+    Returns:
+        For each start's storage URI: `None`, `_UNENDED` (uploaded, not recorded), `_EMPTY`
+        (nothing to upload), or the error.
+    """
+    by_run: dict[str, list[tuple[str, Path, str]]] = {}  # a run's writers' starts, each writer's in order
+    for writer, its in starts.items():
+        by_run.setdefault(writer.rpartition("/")[2], []).extend((writer, d, remote) for d, remote in its)
+    outcomes: dict[str, str | None] = {}
+    failed: set[str] = set()  # writers
+    pace = _Pace()
+    for generation in itertools.zip_longest(*by_run.values()):
+        todo = []
+        for writer, run_dir, remote in filter(None, generation):
+            if writer in failed:
+                outcomes[remote] = _EARLIER_FAILED
+            elif not _holds_records(run_dir):
+                outcomes[remote] = _EMPTY
+            else:
+                todo.append((writer, run_dir, remote))
+        for first in range(0, len(todo), RUNS_PER_BATCH):
+            batch = todo[first : first + RUNS_PER_BATCH]
+            files = {run_dir: sorted(run_dir.glob("run-*.wandb")) for _, run_dir, _ in batch}
+            errors = _upload_files([f for fs in files.values() for f in fs], parallel, pace)
+            for writer, run_dir, remote in batch:
+                error = next((errors[f] for f in files[run_dir] if errors[f] is not None), None)
+                if error is None and not _ended(run_dir):
+                    error = _UNENDED
+                elif error is None:
+                    mark_synced(remote, "python -m flyte_wandb_elastic sync")
+                else:
+                    failed.add(writer)
+                outcomes[remote] = error
     return outcomes
 
 
-def _sync_one(run_dir: Path, remote: str) -> str | None:
-    """Upload one run directory with `wandb sync` and record it as synced if it ended.
+class _Pace:
+    """Upload operations begun at least `BATCH_MIN_S` apart."""
 
-    Returns:
-        `None`, `_UNENDED` (uploaded, not recorded), `_EMPTY` (nothing to upload), or the error.
+    def __init__(self) -> None:
+        self._last = -BATCH_MIN_S
+
+    def wait(self) -> None:
+        time.sleep(max(0.0, self._last + BATCH_MIN_S - time.monotonic()))
+        self._last = time.monotonic()
+
+
+def _upload_files(files: list[Path], parallel: int, pace: _Pace) -> dict[Path, str | None]:
+    """Upload run files (at most one of each run) in one operation of W&B's sync: for each, `None`
+    or the error.
+
+    wandb-core marks a file it read to the end (`<file>.synced`), and names the run (or the file)
+    in its errors; an error it names neither by is the file's where only one is left without a
+    mark. Where an operation ends with several unmarked and unnamed (one file it could not read
+    stops the whole operation before any upload), those are uploaded again, one by one if need be.
     """
-    if not _holds_records(run_dir):
-        return _EMPTY
-    wandb_cli = shutil.which("wandb", path=str(Path(sys.executable).parent)) or "wandb"
-    command = [wandb_cli, "sync", "--include-online", "--include-synced", str(run_dir)]
+    from . import _wandb_run
+
+    def mark(f: Path) -> int | None:
+        synced = f.with_name(f.name + ".synced")
+        return synced.stat().st_mtime_ns if synced.exists() else None
+
+    before = {f: mark(f) for f in files}
+    pace.wait()
     try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=SYNC_TIMEOUT_S, check=False)
-    except subprocess.TimeoutExpired:
-        return f"wandb sync did not finish within {SYNC_TIMEOUT_S} s"
-    output = f"{done.stderr}\n{done.stdout}".strip().splitlines()
-    # Some refusals (a rewind the server does not offer, say) exit 0 and only print an error.
-    errors = [line for line in output if line.startswith("wandb: ERROR")]
-    if done.returncode != 0 or errors:
-        return (errors or output or ["failed"])[0].removeprefix("wandb: ")
-    if not _ended(run_dir):
-        return _UNENDED
-    mark_synced(remote, "python -m flyte_wandb_elastic sync")
-    return None
+        messages = _wandb_run.upload_run_files(files, parallel)
+    except Exception as exc:  # the service did not start, or died
+        messages = [(True, f"W&B's sync failed: {type(exc).__name__}: {exc}")]
+    errors = [text.strip() for is_error, text in messages if is_error]
+
+    def about(error: str, f: Path) -> bool:
+        run = _ABOUT_RUN.match(error)
+        return (run is not None and run.group(1) == f.stem.removeprefix("run-")) or any(
+            f'"{where}"' in error for where in (f, f.parent)
+        )
+
+    out: dict[Path, str | None] = {}
+    left = []
+    for f in files:
+        named = [error for error in errors if about(error, f)]
+        if named:
+            out[f] = named[0]
+        elif mark(f) not in (None, before[f]):
+            out[f] = None
+        else:
+            left.append(f)
+    unnamed = [error for error in errors if not any(about(error, f) for f in files)]
+    if len(left) == 1:
+        out[left[0]] = unnamed[0] if unnamed else "W&B's sync did not finish it"
+    elif left and len(left) < len(files):
+        out.update(_upload_files(left, parallel, pace))
+    else:
+        for f in left:
+            out.update(_upload_files([f], parallel, pace))
+    return out
 
 
 def _holds_records(run_dir: Path) -> bool:

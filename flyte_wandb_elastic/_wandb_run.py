@@ -1,4 +1,5 @@
-"""Opening and finishing one rank's run: with `_wandb_server` (sweeps, downloads), the only modules that call `wandb`.
+"""Opening and finishing one rank's run, and uploading stored run files (`sync`): with `_wandb_server` (sweeps,
+downloads), the only modules that call `wandb`.
 
 It is imported lazily, by ranks that open a run, so ranks that don't log never import wandb.
 """
@@ -506,3 +507,46 @@ def log_reference(run: Any, artifact: Any, aliases: list[str], used: bool = Fals
         run._log_artifact(artifact, aliases=aliases, use_after_commit=True)
     else:
         run.log_artifact(artifact, aliases=aliases)
+
+
+def upload_run_files(files: list[Path], parallelism: int) -> list[tuple[bool, str]]:
+    """Upload W&B run files (`.wandb`) to the server of the environment, in one operation of this
+    process's `wandb-core`: W&B's own sync, as `wandb beta sync` runs it (`parallelism` runs at a
+    time; files of one run one after the other, by their start time).
+
+    wandb-core writes `<file>.synced` beside each file it read to the end without an error, even
+    when the server refused some of it: its error messages say so.
+
+    Process: wherever `sync` runs. The service is this process's (started here if need be); the
+    server and key are the environment's at the time of the call (`WANDB_BASE_URL`, `WANDB_API_KEY`).
+
+    Returns:
+        wandb-core's messages, in order: whether each is an error, and its text; a message about one
+        run starts with `[<entity>/<project>/<run id>] `.
+    """
+    from wandb.proto.wandb_sync_pb2 import ServerSyncMessage  # type: ignore[attr-defined]
+    from wandb.sdk import wandb_setup
+
+    setup = wandb_setup.singleton()
+    settings = setup.settings.model_copy()
+    settings.update_from_env_vars(dict(os.environ))
+    service = setup.ensure_service()
+
+    async def upload() -> Any:
+        init = await service.init_sync(
+            set(files),
+            settings,
+            cwd=None,
+            live=False,
+            entity="",
+            project="",
+            run_id="",
+            job_type="",
+            tag_replacements={},
+        )
+        operation = await init.wait_async(timeout=60)
+        done = await service.sync(operation.id, parallelism=max(1, parallelism))
+        return await done.wait_async(timeout=None)
+
+    response = setup.asyncer.run(upload)
+    return [(m.severity == ServerSyncMessage.SEVERITY_ERROR, m.content) for m in response.messages]
