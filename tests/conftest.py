@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import shutil
@@ -27,6 +28,32 @@ LAUNCH_TIMEOUT_S = 150
 # with simulated pods: how soon the platform deletes the other pods of a failed job, and their grace
 DELETE_AFTER_S = 5.0
 TERMINATION_GRACE_S = 30.0
+
+
+@pytest.fixture(autouse=True)
+def _alone_if_exclusive(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Under pytest-xdist (the README's `-n 2`), a test marked `exclusive` runs alone.
+
+    Those tests measure time (an end's bound, a pace, a kill timed against a copy), which a
+    launch on the other worker would stretch on a 2-core machine; the rest run two at a time.
+    Every test takes a shared lock, an exclusive one takes it alone; a gate held by a test
+    waiting to run alone lets no new test start meanwhile, so it is never starved.
+    """
+    if "PYTEST_XDIST_WORKER" not in os.environ:  # one process: every test runs alone anyway
+        yield
+        return
+    alone = request.node.get_closest_marker("exclusive") is not None
+    shared = tmp_path_factory.getbasetemp().parent  # the workers' temporary directories lie in it
+    with open(shared / "tests.gate", "a") as gate, open(shared / "tests.lock", "a") as lock:
+        fcntl.flock(gate, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX if alone else fcntl.LOCK_SH)
+        finally:
+            fcntl.flock(gate, fcntl.LOCK_UN)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 @dataclass

@@ -15,7 +15,7 @@ import pytest
 
 from tests.conftest import launch
 
-pytestmark = pytest.mark.launch
+pytestmark = [pytest.mark.launch, pytest.mark.exclusive]
 
 ONE_NODE = {"nnodes": 1, "nproc_per_node": 2, "project": "p", "run_mode": "new"}
 ROWS = 300

@@ -183,6 +183,7 @@ def test_run_ranks_locally_runs_the_worker_command_and_reports_rank_0s_error(
     assert {run.config["flyte"]["console_url"] for run in files} == {None}
 
 
+@pytest.mark.exclusive
 def test_rank_stopped_while_blocked_in_a_collective_finishes_failed(tmp_path: Path) -> None:
     # rank 1 stalls before step 1, so rank 0 blocks inside the step-1 all-reduce (native code)
     def stop_rank_0(facts_dir: Path) -> None:

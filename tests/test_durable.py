@@ -217,6 +217,7 @@ FINISH_TIMEOUT_S = 15.0
 END_SLACK_S = 5.0
 
 
+@pytest.mark.exclusive
 @pytest.mark.parametrize(
     ("engine", "lost"), [("elastic", "refuses"), ("clustered", "hangs"), ("elastic", "hangs"), ("clustered", "errors")]
 )
@@ -245,6 +246,7 @@ def test_server_lost_for_good_the_job_ends_in_time_and_sync_brings_every_row(
         assert wandb_server.runs()[run_id] == "finished", run_id
 
 
+@pytest.mark.exclusive
 @pytest.mark.parametrize("engine", ["elastic", "clustered"])
 def test_server_down_for_the_whole_job(tmp_path: Path, s3: S3Server, wandb_server: WandbServer, engine: str) -> None:
     wandb_server.kill()
@@ -297,6 +299,7 @@ def test_offline_rows_outlive_the_pods_and_sync_once(
     assert {rid: len(wandb_server.rows(PROJECT, rid)) for rid in writers(job)} == counts
 
 
+@pytest.mark.exclusive
 @pytest.mark.parametrize("engine", ["elastic", "clustered"])
 def test_storage_down_never_fails_or_holds_training(tmp_path: Path, s3: S3Server, engine: str) -> None:
     s3.kill()
@@ -433,6 +436,7 @@ def test_sync_writes_the_calls_queued_by_a_start_lost_while_its_run_opened(
 PERSIST_S = 2.0
 
 
+@pytest.mark.exclusive
 @pytest.mark.parametrize("engine", ["elastic", "clustered"])
 def test_pod_killed_keeps_all_but_the_last_interval_in_storage(tmp_path: Path, s3: S3Server, engine: str) -> None:
     killed_at: list[float] = []
@@ -458,6 +462,7 @@ def test_pod_killed_keeps_all_but_the_last_interval_in_storage(tmp_path: Path, s
         assert run["exit_code"] is None  # killed: no exit record
 
 
+@pytest.mark.exclusive
 @pytest.mark.parametrize("engine", ["elastic", "clustered"])
 def test_a_pod_killed_while_its_runs_open_keeps_the_rows_queued_meanwhile(
     tmp_path: Path, s3: S3Server, wandb_server: WandbServer, engine: str

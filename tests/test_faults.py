@@ -15,7 +15,7 @@ import pytest
 from tests.faults import draw, run_fault
 from tests.servers import S3Server, WandbServer
 
-pytestmark = pytest.mark.launch
+pytestmark = [pytest.mark.launch, pytest.mark.exclusive]
 
 # seed: what it broke, before the fix. Fixes whose seeds are not launched here have tests of their
 # own: seed 1004 (a copy taken mid-record) test_durable::test_sync_of_a_copy_taken_mid_record;

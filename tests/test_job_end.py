@@ -19,6 +19,9 @@ from torch.distributed import TCPStore
 from flyte_wandb_elastic._job_end import JobEnd
 from flyte_wandb_elastic._topology import Topology
 
+# the tests time who waits for whom (see `exclusive` in tests/conftest.py)
+pytestmark = pytest.mark.exclusive
+
 NODES, PER_NODE = 3, 2
 
 

@@ -28,6 +28,9 @@ from flyte_wandb_elastic._topology import Topology
 from tests.conftest import REPO, Launch, launch
 from tests.servers import ENTITY, RateLimitingProxy, WandbServer
 
+# every test here measures time (see `exclusive` in tests/conftest.py)
+pytestmark = pytest.mark.exclusive
+
 PROJECT = "p"
 STEPS = 20
 RANKS = 4

@@ -42,6 +42,7 @@ def test_each_copy_sends_only_what_is_new_and_the_copies_read_back_whole(wandb_o
     assert not list((wandb_offline / "storage").rglob("run-*.wandb"))
 
 
+@pytest.mark.exclusive
 def test_a_last_copy_given_up_leaves_no_thread_in_the_storage_client(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -11,6 +11,8 @@ import threading
 import time
 from typing import Any
 
+import pytest
+
 from flyte_wandb_elastic._rank_run import RankRun
 
 
@@ -27,6 +29,7 @@ class SlowOpener:
         raise ConnectionResetError("Connection lost")
 
 
+@pytest.mark.exclusive
 def test_a_run_given_up_while_opening_neither_waits_nor_fails_the_rank() -> None:
     opener = SlowOpener()
     rank_run = RankRun(opener, {"id": "r1-a0-rank-0"})

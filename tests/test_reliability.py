@@ -76,6 +76,7 @@ def test_raising_rank_records_its_error_and_fails_the_task(
         assert log.read_text().count("notifyScriptableRunAlert(") == before + 1
 
 
+@pytest.mark.exclusive
 @pytest.mark.parametrize("run_mode", ["new", "shared"])
 def test_ranks_stopped_by_torch_elastic_finish_failed_and_keep_rows(tmp_path: Path, run_mode: str) -> None:
     # rank 1 fails at step 1 while rank 0 sleeps: torch elastic then stops rank 0 with SIGTERM
@@ -99,6 +100,7 @@ def test_ranks_stopped_by_torch_elastic_finish_failed_and_keep_rows(tmp_path: Pa
     _no_core_left(tmp_path)
 
 
+@pytest.mark.exclusive
 def test_rank_stopped_while_blocked_in_a_collective_finishes_failed(tmp_path: Path) -> None:
     # rank 1 stalls before step 1, so rank 0 blocks inside the step-1 all-reduce (native code)
     def stop_rank_0(facts_dir: Path) -> None:
@@ -119,6 +121,7 @@ def test_rank_stopped_while_blocked_in_a_collective_finishes_failed(tmp_path: Pa
     _no_core_left(tmp_path)
 
 
+@pytest.mark.exclusive
 def test_rank_killed_soon_after_logging_keeps_its_rows(tmp_path: Path) -> None:
     def kill_rank_0(facts_dir: Path) -> None:
         pid = wait_for_facts(facts_dir, 0)["pid"]
@@ -148,6 +151,7 @@ def test_unreachable_server_falls_back_to_offline(tmp_path: Path, run_mode: str)
     assert f"Upload it later with: python -m flyte_wandb_elastic sync {tmp_path}/work-0/base/wandb/a0/rank-" in log
 
 
+@pytest.mark.exclusive
 def test_unreachable_server_can_fail_the_task_instead(tmp_path: Path) -> None:
     config = {
         **ONE_NODE,
