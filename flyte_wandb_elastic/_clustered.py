@@ -21,7 +21,7 @@ from ._config import check_api_key_fields
 from ._hooks import RankHooks
 from ._job_end import JobEnd
 from ._options import WandbOptions, invalid
-from ._task_spec import node_shares_a_service, with_api_key, with_wandb_links
+from ._task_spec import check_env_vars, node_shares_a_service, with_api_key, with_wandb_links
 from ._topology import Topology
 from ._wandb_load import warn_at_declaration
 
@@ -124,6 +124,7 @@ class WandbClusteredTask(ClusteredTaskTemplate):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        check_env_vars(self.env_vars)
         config = self.plugin_config
         replicas = config.replicas
         self.links = with_wandb_links(

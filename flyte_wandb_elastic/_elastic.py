@@ -15,7 +15,7 @@ from ._config import WandbElastic
 from ._deadline import DEFAULT_FINISH_TIMEOUT_S
 from ._hooks import RankHooks
 from ._node_service import node_service
-from ._task_spec import check_sync, node_shares_a_service, with_api_key, with_wandb_links
+from ._task_spec import check_env_vars, check_sync, node_shares_a_service, with_api_key, with_wandb_links
 
 
 @dataclass(kw_only=True)
@@ -32,6 +32,7 @@ class WandbElasticTask(TorchFunctionTask):
     def __post_init__(self) -> None:
         check_sync(self.name, self.func)
         super().__post_init__()
+        check_env_vars(self.env_vars)
         config = self.plugin_config
         self.links = with_wandb_links(
             self.links,  # type: ignore[has-type]

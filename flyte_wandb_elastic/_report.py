@@ -12,6 +12,7 @@ Process: global rank 0's worker process, in a thread of its own (and briefly at 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import functools
 import logging
@@ -25,7 +26,7 @@ from ._diagram import layout_diagram
 from ._options import WandbOptions
 from ._planner import plan_rank
 from ._rank_run import lower_this_threads_priority
-from ._report_html import Row, render_tab
+from ._report_html import MAX_LINES, Row, chart_lines, render_tab
 from ._stored_runs import StoredRuns, Writer
 from ._topology import Topology
 from ._wandb_host import wandb_server
@@ -80,6 +81,9 @@ class ReportTab:
             plan = plan_rank(options, topology, run_name, action_name, max_nodes, parent_run)
             if plan.opens_run and plan.run_id:
                 self.planned[rank] = (plan.run_id, plan.label or "")
+        self.lines = MAX_LINES
+        with contextlib.suppress(ValueError):  # refused where the task was declared with it
+            self.lines = chart_lines(os.environ)
         self.writes = 0
         self._final = False
         self._context = contextvars.copy_context()  # the task's context: where the report lives
@@ -129,7 +133,7 @@ class ReportTab:
         when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
         stage = "Final" if final else "Live, while the job runs"
         status = f"{stage}: updated {when}. Run files read from {self.prefix}."
-        return render_tab(rows, self.layout, status, self.interval_s)
+        return render_tab(rows, self.layout, status, self.interval_s, self.lines)
 
     def _refresh(self) -> None:
         try:

@@ -3,10 +3,10 @@
 Pure: rows in, one self-contained HTML fragment out (inline CSS and SVG, nothing fetched). Bounded
 for any job: the table lists at most `MAX_TABLE_ROWS` rows, shows `TABLE_ROWS` of them and folds
 the rest, at most `MAX_CHARTS` metrics are charted, and every curve arrives downsampled (see
-`_stored_runs.Curve`). A metric with at most `MAX_LINES` writers gets a line per writer; one with
-more gets the spread across writers (min, median, max per bin of steps) and the lines of the few
-writers that stand out, named with why (see `_spread`); the table then lists the writers that
-stand out first.
+`_stored_runs.Curve`). A metric with at most `MAX_LINES` writers (or the task's
+`FLYTE_WANDB_ELASTIC_REPORT_LINES`) gets a line per writer; one with more gets the spread across
+writers (min, median, max per bin of steps) and the lines of the few writers that stand out, named
+with why (see `_spread`); the table then lists the writers that stand out first.
 
 Process: wherever the tab is built (rank 0's report thread, the benchmark, the tests).
 """
@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import html
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from . import _spread
+from ._options import invalid
 from ._values import nonfinite_name, short
 
 TABLE_ROWS = 50
@@ -29,6 +31,8 @@ MAX_TABLE_ROWS = 1000
 TABLE_CHARS = 400_000
 MAX_CHARTS = 12
 MAX_LINES = 20
+# Where a task sets its own line count (its `env_vars`): a chart of more writers shows their spread.
+LINES_ENV = "FLYTE_WANDB_ELASTIC_REPORT_LINES"
 _BAND, _MEDIAN, _COUNT = "#dcdcdc", "#444444", "#cf222e"
 COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")
 _W, _H, _LEFT, _RIGHT, _TOP, _BOTTOM = 560, 200, 56, 12, 10, 24
@@ -86,7 +90,25 @@ class Row:
         return f"{self.run_id} ({self.label})" if self.label else self.run_id
 
 
-def render_tab(rows: list[Row], layout: str, status: str, interval_s: float | None = None) -> str:
+def chart_lines(environ: Mapping[str, str]) -> int:
+    """The most writers a chart draws as lines: `FLYTE_WANDB_ELASTIC_REPORT_LINES` where set, else `MAX_LINES`.
+
+    Raises:
+        ValueError: It is set to anything but an int >= 1 (named, with its value).
+    """
+    value = environ.get(LINES_ENV)
+    if value is None:
+        return MAX_LINES
+    lines = int(value) if value.strip().isdigit() else 0
+    if lines < 1:
+        allowed = f"an int >= 1, the most writers a report chart draws as lines (default {MAX_LINES})"
+        raise invalid(f"env_vars[{LINES_ENV!r}]", value, allowed)
+    return lines
+
+
+def render_tab(
+    rows: list[Row], layout: str, status: str, interval_s: float | None = None, lines: int = MAX_LINES
+) -> str:
     """The tab's HTML: `status` (when, and whether the job still runs), the table, the charts, the layout.
 
     Args:
@@ -94,10 +116,11 @@ def render_tab(rows: list[Row], layout: str, status: str, interval_s: float | No
         layout: The planner's picture of who writes what.
         status: The line above the table.
         interval_s: The report's interval, by which a stalled writer is told (`None`: none is).
+        lines: The most writers a chart draws as lines (see `chart_lines`).
     """
     e = html.escape
     metrics = sorted({m for row in rows for m in row.curves})
-    scale = _Scale(rows, metrics[:MAX_CHARTS], interval_s)
+    scale = _Scale(rows, metrics[:MAX_CHARTS], interval_s, lines)
     listed = _table_rows(rows, scale.order, scale.why)
     parts = [_STYLE, '<div class="fwe">', f'<p class="fwe-status">{e(status)}</p>']
     parts.append(_table(listed[:TABLE_ROWS]))
@@ -115,17 +138,17 @@ def render_tab(rows: list[Row], layout: str, status: str, interval_s: float | No
 
 
 class _Scale:
-    """For each charted metric with more than `MAX_LINES` writers: its band and the writers drawn
+    """For each charted metric with more than `lines` writers: its band and the writers drawn
     (indices into `rows`) with why; why each writer stands out (for the table, whose state column
     already says which failed); and the table's order: failed, stalled, then outlying writers first."""
 
-    def __init__(self, rows: list[Row], charted: list[str], interval_s: float | None) -> None:
+    def __init__(self, rows: list[Row], charted: list[str], interval_s: float | None, lines: int) -> None:
         self.bands: dict[str, _spread.Band] = {}
         self.drawn: dict[str, list[tuple[int, str]]] = {}
         self.nonfinite: dict[str, int] = {}  # writers with a non-finite value, per metric
         self.why: dict[int, list[str]] = {}
         self.order = list(range(len(rows)))
-        scaled = [m for m in charted if sum(1 for r in rows if r.curves.get(m)) > MAX_LINES]
+        scaled = [m for m in charted if sum(1 for r in rows if r.curves.get(m)) > lines]
         if not scaled:
             return
         failed = _spread.failed([r.exit_code for r in rows])
@@ -155,9 +178,8 @@ class _Scale:
                 [i for i in stalled if curves[i]],
                 [i for i, _ in furthest],
             ]
-            self.drawn[metric] = [
-                (i, "; ".join([*writer_wide.get(i, []), *reasons.get(i, [])])) for i in _spread.drawn(groups)
-            ]
+            shown = _spread.drawn(groups, min(lines, _spread.STANDOUT_LINES))
+            self.drawn[metric] = [(i, "; ".join([*writer_wide.get(i, []), *reasons.get(i, [])])) for i in shown]
             for i, its in reasons.items():
                 self.why.setdefault(i, []).append(f"{metric}: {', '.join(its)}")
             outlying += groups[1] + groups[3]
@@ -301,7 +323,7 @@ def _figure(metric: str, frame: _Frame, drawn: str, legend: str) -> str:
 
 
 def _chart(metric: str, rows: list[Row]) -> str:
-    """One metric's chart, for at most `MAX_LINES` writers: a line per writer, broken at each
+    """One metric's chart, for at most `lines` writers (see `render_tab`): a line per writer, broken at each
     non-finite value, which is marked (NaN, +inf, -inf) at its step. The axes span the finite
     values only."""
     steps = [s for row in rows for s, _ in row.curves[metric]]

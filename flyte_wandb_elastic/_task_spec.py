@@ -14,6 +14,7 @@ import flyte
 from ._links import Wandb, links_for
 from ._options import WandbOptions
 from ._planner import plan_rank
+from ._report_html import chart_lines
 from ._topology import Topology
 
 API_KEY_ENV = "WANDB_API_KEY"
@@ -29,6 +30,11 @@ def check_sync(task_name: str, func: Callable[..., Any]) -> None:
             f"task {task_name!r}: func={func.__qualname__!r} is an async function, but torch elastic ranks call the "
             "task function synchronously: declare it with `def`, not `async def`."
         )
+
+
+def check_env_vars(env_vars: Mapping[str, str] | None) -> None:
+    """Raise where the task's `env_vars` set a variable of this package's to a value it refuses."""
+    chart_lines(env_vars or {})
 
 
 def with_wandb_links(

@@ -21,7 +21,7 @@ import pytest
 
 from flyte_wandb_elastic import WandbOptions
 from flyte_wandb_elastic._persist import RunFilesCopier
-from flyte_wandb_elastic._report_html import COLORS, MAX_CHARTS, MAX_LINES, TABLE_ROWS, Row, render_tab
+from flyte_wandb_elastic._report_html import COLORS, LINES_ENV, MAX_CHARTS, MAX_LINES, TABLE_ROWS, Row, render_tab
 from flyte_wandb_elastic._runfiles import read_run_file
 from flyte_wandb_elastic._stored_runs import MAX_BREAKS, MAX_POINTS, Curve, StoredRuns
 from flyte_wandb_elastic._values import nonfinite_name
@@ -38,18 +38,23 @@ class _Page(HTMLParser):
     def __init__(self) -> None:
         super().__init__()
         self.rows: list[list[str]] = []
+        self.whys: list[str] = []  # each row's why it stands out ("" for none), apart from its state
         self.links: list[str] = []
         self.lines: dict[str, int] = {}
         self.bands: list[str] = []  # the metric of each chart drawn as a band across writers
         self.marks: list[tuple[str, str]] = []  # (metric, value) of each mark of a non-finite value
         self.coordinates: list[str] = []  # every drawn path's `d` and every x, y attribute
         self._cell: list[str] | None = None
+        self._why = False
         self._chart = ""
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         a = dict(attrs)
         if tag == "tr" and a.get("class") == "fwe-run":
             self.rows.append([])
+            self.whys.append("")
+        elif tag == "div" and a.get("class") == "fwe-why" and self._cell is not None:
+            self._why = True
         elif tag == "td" and self.rows is not None:
             self._cell = []
         elif tag == "a" and self._cell is not None:
@@ -65,17 +70,22 @@ class _Page(HTMLParser):
         self.coordinates += [a[k] or "" for k in ("d", "x", "y", "x1", "x2", "y1", "y2") if k in a]
 
     def handle_data(self, data: str) -> None:
-        if self._cell is not None:
+        if self._why:
+            self.whys[-1] += data
+        elif self._cell is not None:
             self._cell.append(data)
 
     def handle_endtag(self, tag: str) -> None:
-        if tag == "td" and self._cell is not None and self.rows:
+        if tag == "div" and self._why:
+            self._why = False
+        elif tag == "td" and self._cell is not None and self.rows:
             self.rows[-1].append("".join(self._cell))
             self._cell = None
 
     def table(self) -> list[dict[str, str]]:
         columns = ("run", "label", "ranks", "steps", "metrics", "state", "wandb")
-        return [dict(zip(columns, row, strict=True)) for row in self.rows]
+        rows = zip(self.rows, self.whys, strict=True)
+        return [{**dict(zip(columns, row, strict=True)), "why": why} for row, why in rows]
 
 
 def parse(html: str) -> _Page:
@@ -192,14 +202,18 @@ def _launch(engine: str, tmp: Path, options: dict[str, Any], env: dict[str, str]
 
 
 @pytest.mark.launch
-# Elastic offline: the example's run below (`test_the_example_screenshots_its_tab_in_a_browser`)
-@pytest.mark.parametrize(("engine", "online"), [("clustered", False), ("elastic", True), ("clustered", True)])
+# Elastic offline: the example's run below (`test_the_example_screenshots_its_tab_in_a_browser`).
+# The clustered offline job's task sets its charts to 2 lines: its 4 writers are drawn as a spread.
+@pytest.mark.parametrize(
+    ("engine", "online", "lines"), [("clustered", False, 2), ("elastic", True, None), ("clustered", True, None)]
+)
 def test_a_job_writes_its_tab_live_and_final(
-    tmp_path: Path, shared_wandb: WandbServer, engine: str, online: bool
+    tmp_path: Path, shared_wandb: WandbServer, engine: str, online: bool, lines: int | None
 ) -> None:
     run_mode = "shared" if online else "new"
     options = {"run_mode": run_mode, **({"entity": ENTITY, "host": shared_wandb.url} if online else {})}
-    job, seen = _launch(engine, tmp_path, options, shared_wandb.env() if online else {})
+    env = {**(shared_wandb.env() if online else {}), **({LINES_ENV: str(lines)} if lines else {})}
+    job, seen = _launch(engine, tmp_path, options, env)
     assert job.errors == [], job.logs
     final = _report_path(tmp_path, engine).read_text()
     # live: a version written while the job ran already showed rows
@@ -215,8 +229,11 @@ def test_a_job_writes_its_tab_live_and_final(
     assert len(table) == 4 and sorted(r["ranks"] for r in table) == ["0", "1", "2", "3"]
     assert all(r["steps"] == str(STEPS) and r["state"] == "finished" for r in table), table
     assert all(f"row={STEPS - 1}" in r["metrics"] for r in table)
-    assert page.lines == {"loss": 4, "rank": 4, "row": 4}  # a chart per metric, a line per writer
-    _assert_divergence_shown(final, table, tmp_path)
+    if lines is None:
+        assert page.lines == {"loss": 4, "rank": 4, "row": 4}  # a chart per metric, a line per writer
+        _assert_divergence_shown(final, table, tmp_path)
+    else:
+        _assert_spread_shown(final, table, tmp_path)
     if not online:  # `inspect` reads the stored run files back: strict JSON, the NaN named as W&B does
         inspect = [sys.executable, "-m", "flyte_wandb_elastic", "inspect", str(tmp_path / "storage")]
         runs = json.loads(_run(*inspect, "--json"), parse_constant=_not_json)
@@ -283,6 +300,38 @@ def test_names_with_html_quotes_and_non_ascii_stay_inert_and_readable(tmp_path: 
 
 
 @pytest.mark.launch
+def _assert_spread_shown(final: str, table: list[dict[str, str]], tmp: Path) -> None:
+    """The final tab of a `paced(diverge=True)` job of 4 writers whose charts draw 2 lines: each
+    chart the spread across writers, and the writers that stand out (see `tasks.diverging_loss`)."""
+    page = parse(final)
+    assert sorted(page.bands) == ["loss", "rank", "row"]
+    # loss: rank 1's NaN and rank 3's -inf stand out, and rank 0 by its last value (rank / 100
+    # below rank 2's, the median of the finite ones); ranks agree on `row`: nobody stands out
+    assert page.lines == {"loss": 2, "rank": 2}
+    assert page.coordinates and all(re.fullmatch(r"[-0-9., MLhVHZ]*", c) for c in page.coordinates)
+    by_rank = {r["ranks"]: r for r in table}
+    # the table lists the writers with a non-finite value first, then rank 0 (furthest), then the rest
+    assert [r["ranks"] for r in table] == ["1", "3", "0", "2"]
+    assert by_rank["1"]["why"].startswith("loss: NaN at step 10") and "-Infinity at step 15" in by_rank["3"]["why"]
+    assert "furthest from the median" in by_rank["0"]["why"] and by_rank["2"]["why"] == ""
+    if CHROMIUM is None:
+        return
+    loss = rendered(final, tmp)["charts"]["loss"]
+    [area], [_] = loss["bands"], loss["medians"]
+    assert area["title"] == "loss: min to max of 4 writers" and area["width"] > 400, area
+    names = {rank: r["run"] for rank, r in by_rank.items()}
+    assert [(line["name"], line["length"] > 100) for line in loss["lines"]] == [(names["1"], True), (names["0"], True)]
+    assert loss["lines"][0]["why"].startswith("NaN at step 10")
+    assert loss["lines"][1]["why"].endswith("furthest from the median")
+    # the non-finite values are counted apart from the band, at the steps they were logged (of a
+    # run of them, its first: NaN at 10-11 is kept at 10, as `_stored_runs.Curve` keeps it)
+    steps = set()
+    for count in loss["counts"]:
+        first, last = re.search(r"at steps (\d+)-(\d+)", count["title"]).groups()  # type: ignore[union-attr]
+        steps |= set(range(int(first), int(last) + 1))
+    assert steps == {10, 15, 20, STEPS - 1}, loss["counts"]
+
+
 @pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (.ci/run installs it)")
 def test_the_example_screenshots_its_tab_in_a_browser(tmp_path: Path) -> None:
     # how docs/images/report-tab.png is made: the example's 2 x 2 job, then a headless Chromium

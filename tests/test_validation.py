@@ -106,6 +106,23 @@ def test_async_task_is_rejected_when_declared() -> None:
         env.task(train)
 
 
+@pytest.mark.parametrize("value", ["0", "two", "-3", ""])
+@pytest.mark.parametrize("engine", ["elastic", "clustered"])
+def test_a_report_line_count_in_env_vars_is_checked_when_the_task_is_declared(engine: str, value: str) -> None:
+    env_vars = {"FLYTE_WANDB_ELASTIC_REPORT_LINES": value}
+    if engine == "elastic":
+        env = flyte.TaskEnvironment(name="lines", plugin_config=WandbElastic(**BASE), env_vars=env_vars)
+    else:
+        env = clustered(env_vars=env_vars)
+
+    def train() -> None:
+        pass
+
+    with pytest.raises(ValueError, match=re.escape(f"env_vars['FLYTE_WANDB_ELASTIC_REPORT_LINES']={value!r}")) as info:
+        env.task(report=True)(train)
+    assert "an int >= 1" in str(info.value)
+
+
 def test_valid_config_keeps_elastic_fields() -> None:
     config = WandbElastic(nnodes="1:4", nproc_per_node=8, project="p", run_mode="new", max_restarts=1)
     assert (config.nnodes, config.nproc_per_node, config.max_restarts) == ("1:4", 8, 1)
