@@ -20,7 +20,16 @@ Every other file is sent whole, when its size or modification time changed. W&B'
 (`logs/debug*.log`), which hold no row, are sent only by the last copy (at the rank's end, whether
 it finished or failed). After each copy that sent something, the copy's manifest (see
 `_manifest`) is rewritten; readers read it first and then what it names. A copy that fails is
-tried again at the next interval (warned about once): training never waits for it.
+tried again later (warned about once): training never waits for it.
+
+A bucket under load refuses requests (S3's 503 SlowDown, GCS's 429). Each write is retried by the
+store a few times, backing off (`_storage.WRITE_RETRY`); a copy whose write still fails stops
+there, and the next copy waits twice as long as the last, up to `BACKOFF_INTERVALS` intervals
+(less a random part of it, so that ranks refused together come back apart), then sends everything
+written meanwhile: what a file holds is only ever counted as sent once the store has taken it,
+and the manifest is written only after the objects it names. The last copy is tried again until
+its share of the end runs out; what it could not send is said in a warning (and stays on the
+pod's disk).
 
 `fetch_copies` reads the copies back whole (by their manifests, or for copies without one, by
 joining the parts).
@@ -33,6 +42,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import random
 import re
 import shutil
 import threading
@@ -63,6 +73,10 @@ COMPACT_PARTS = 16
 PUTS_PER_COPY = 3.0 + 4.0 / COMPACT_PARTS
 # A copy still going after this long (or after one interval, if longer) is warned about.
 SLOW_COPY_S = 10.0
+# After failed copies in a row, the wait before the next one doubles, up to this many intervals.
+BACKOFF_INTERVALS = 4
+# The last copy, failed, is tried again after this long (less a random part of it) while its share lasts.
+LAST_COPY_RETRY_S = 1.0
 # At a rank's end, the run's files count as written once they have not changed for this long
 # (waiting at most SETTLE_S).
 QUIET_S = 0.3
@@ -106,6 +120,9 @@ class RunFilesCopier:
         # manifest of the last `COMPACT_PARTS` copies names them
         self._doomed: list[tuple[int, list[str]]] = []
         self._pieces_sent = 0  # pieces the manifest names that were sent: a changed count is a manifest to write
+        self._stored = Manifest()  # the manifest as last stored: what readers find
+        self.failures = 0  # copies failed since the last one made
+        self._last_error = ""
         self._lock = threading.Lock()  # one copy at a time
         self._calls = _storage.Calls()  # cancelled when the last copy is given up
         self._stop = threading.Event()
@@ -117,11 +134,19 @@ class RunFilesCopier:
 
         def loop() -> None:
             lower_this_threads_priority()
-            while not self._stop.wait(self.interval_s):
+            while not self._stop.wait(self.next_wait_s()):
                 self._copy_in_time(max(self.interval_s, SLOW_COPY_S))
 
         self._thread = threading.Thread(target=loop, name="flyte-wandb-elastic-copy", daemon=True)
         self._thread.start()
+
+    def next_wait_s(self) -> float:
+        """Seconds until the next copy: the interval, or after failed copies in a row twice as long
+        for each, up to `BACKOFF_INTERVALS` intervals, less up to a quarter of it at random."""
+        if not self.failures:
+            return self.interval_s
+        longer = self.interval_s * min(2.0**self.failures, BACKOFF_INTERVALS)
+        return longer * random.uniform(0.75, 1.0)
 
     def copy(self, final: bool = False) -> bool:
         """Send what changed since the last copy (the debug logs too if `final`), then the manifest;
@@ -134,12 +159,16 @@ class RunFilesCopier:
                     self._send(path)
                 if self._pieces_sent != pieces or (final and not self.manifest.ended):
                     self._write_manifest(ended=final)
-            except Exception as exc:  # storage down or refusing: next time
-                self._warn_once(f"{type(exc).__name__}: {exc}")
+            except Exception as exc:  # storage down or refusing: later, with what is written meanwhile
+                self.failures += 1
+                if not isinstance(exc, _storage.Cancelled):  # given up at the end: said there
+                    self._last_error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+                    self._warn_once(self._last_error)
                 if self._pieces_sent != pieces:  # what was sent before the failure is readable all the same
                     with contextlib.suppress(Exception):
                         self._write_manifest(ended=False)
                 return False
+            self.failures = 0
             try:
                 self._delete_doomed()
             except Exception as exc:  # parts left over cost storage, not rows: deleted with the next copy
@@ -148,10 +177,12 @@ class RunFilesCopier:
             return True
 
     def _write_manifest(self, ended: bool) -> None:
-        self.manifest.copies += 1
-        self.manifest.ended = ended
-        data = self.manifest.to_json()
+        """Store the manifest of what was sent so far (its version counts only once stored)."""
+        stored = Manifest(self.manifest.files, self.manifest.copies + 1, ended)
+        data = stored.to_json()
         _storage.put_bytes(manifest_uri(self.uri), data, self._calls)
+        self.manifest.copies, self.manifest.ended = stored.copies, ended
+        self._stored = Manifest.from_json(data)
         self.bytes_sent += len(data)
 
     def _copy_in_time(self, timeout_s: float) -> None:
@@ -170,7 +201,7 @@ class RunFilesCopier:
         elif not self._warned:
             self._warned = True
             logger.warning(
-                "could not copy the W&B run files of %s to %s (%s); retrying every %g s",
+                "could not copy the W&B run files of %s to %s (%s); trying again every %g s, less often while it fails",
                 self.run_dir,
                 self.uri,
                 why,
@@ -185,36 +216,70 @@ class RunFilesCopier:
         """
         self._stop.set()
         outcome: list[bool] = []
+        deadline = time.monotonic() + timeout_s
+
+        def again(final: bool) -> bool:
+            # storage refusing (a bucket under load) or down: again, while the share lasts
+            while not self.copy(final=final):
+                pause = LAST_COPY_RETRY_S * random.uniform(0.5, 1.0)
+                if time.monotonic() + pause >= deadline or self._calls.cancelled:
+                    return False
+                time.sleep(pause)
+            return True
+
+        def copied() -> bool:
+            # the rows first, with the manifest that makes them readable, then W&B's debug logs
+            # (which hold none): a last copy cut short by its share keeps the rows
+            if len(self._files(final=True)) > len(self._files(final=False)) and not again(final=False):
+                return False
+            return again(final=True)
 
         def last() -> None:
             # W&B's service may still be writing the end of the run (its last rows and exit record)
             # when `finish` returns: copy once it has been quiet a moment, and again if it wrote on.
             if settle:
                 self._wait_until_quiet(min(SETTLE_S, timeout_s / 2))
-            outcome.append(self.copy(final=True))
-            if settle and self._wait_until_quiet(min(SETTLE_S, timeout_s / 4)):
-                outcome[0] = self.copy(final=True)
+            outcome.append(copied())
+            if settle and outcome[0] and self._wait_until_quiet(min(SETTLE_S, timeout_s / 4)):
+                outcome[0] = copied()
             if outcome[0] and synced:
                 mark_synced(self.uri, "uploaded by the run itself", self._calls)
 
         try:
-            if run_within(last, timeout_s, "flyte-wandb-elastic-last-copy"):
-                return outcome[0]
+            finished = run_within(last, timeout_s, "flyte-wandb-elastic-last-copy")
         except Exception as exc:  # the record only: the copy itself is made
             logger.warning("could not record %s as synced (%s)", self.uri, exc)
             return True
+        if finished and outcome[0]:
+            return True
         self.cancel()
-        if self.quiet:
-            return False
-        kept = (
-            f"the copy made before it holds all but about the last {self.interval_s:g} s"
-            if self.copies
-            else "no copy of it could be made: its rows are only on this pod's disk"
-        )
-        logger.warning(
-            "the last copy of %s to %s did not finish within %.0f s; %s", self.run_dir, self.uri, timeout_s, kept
-        )
+        if not self.quiet:
+            why = f" ({self._last_error})" if self._last_error else ""
+            logger.warning(
+                "the last copy of %s to %s did not finish within %.0f s%s; %s",
+                self.run_dir,
+                self.uri,
+                timeout_s,
+                why,
+                self.unsent(),
+            )
         return False
+
+    def unsent(self) -> str:
+        """What of the run's files the copy in storage lacks, in words (for a warning)."""
+        if not self._stored.files:
+            return "no copy of it could be made: its rows are only on this pod's disk"
+        short = []
+        for path in self._files(final=False):
+            relative = path.relative_to(self.run_dir).as_posix()
+            if path.name.endswith(_APPEND_ONLY) and (size := path.stat().st_size) > self._stored.size(relative):
+                short.append(f"{self._stored.size(relative):,} of the {size:,} bytes of {relative}")
+        if not short:
+            return "the copy in storage holds every row (W&B's debug logs excepted)"
+        return (
+            f"the copy in storage holds {', '.join(short)}; the rest is only on this pod's disk "
+            "(`python -m flyte_wandb_elastic sync` sends what is stored)"
+        )
 
     def cancel(self) -> None:
         """Stop copying, cancelling a copy under way: no thread of this copier may be left inside the
@@ -281,13 +346,14 @@ class RunFilesCopier:
         """Join the file's unsealed parts into one segment, sent from the pod's own file (the same
         bytes: the file is only appended to). The manifest names the segment in their place from
         this copy on; they are deleted at the next compaction."""
-        parts = self._unsealed.pop(relative)
+        parts = self._unsealed[relative]
         start, end = parts[0].start, parts[-1].end
         with open(path, "rb") as f:
             f.seek(start)
             data = f.read(end - start)
         segment = Piece(start, end, f"{relative}{PARTS_SUFFIX}/{start:015d}-{end:015d}")
         _storage.put_bytes(_storage.join(self.uri, segment.key), data, self._calls)
+        del self._unsealed[relative]  # only once the segment is stored: else joined by a later copy
         self.bytes_sent += len(data)
         keys = {p.key for p in parts}
         self.manifest.files[relative] = [p for p in self.manifest.files[relative] if p.key not in keys] + [segment]

@@ -4,6 +4,12 @@ Whatever storage the pod is configured for (file://, s3://, gs://, abfs://, or a
 works, with the credentials Flyte's own storage layer reads from the environment. Every call here
 is synchronous and runs its own event loop: callers are background threads and the command line,
 never the training thread.
+
+Writes (`put_bytes`, `delete`) retry on their own terms (`WRITE_RETRY`), not on Flyte's: a bucket
+under load (S3's 503 SlowDown, GCS's 429) refuses requests for a while, and Flyte's storage layer
+waits 5 s, then up to 10 s and 16 s between tries of one request (about 30 s), longer than a
+copy's interval or a rank's share of its end. Reads keep Flyte's retries: `sync` and `inspect`
+would rather wait than fail.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import threading
 import time
 from collections.abc import Coroutine
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -25,6 +32,18 @@ T = TypeVar("T")
 PARALLEL = 64
 # The longest a paced reader works before it sleeps (see `Pace`).
 BURST_S = 0.001
+# How a write refused by the store (any 5xx, S3's 503 SlowDown, a 429, a dropped connection) is
+# tried again (obstore's retry policy, given to the store through Flyte's storage layer): after
+# 0.5 s, then after a random wait between 0.5 s and twice the last one (jitter: ranks refused
+# together come back apart), at most 4 s a wait, 4 times or until 15 s have passed (2 to 7.5 s of
+# waits in all). obstore reads no `Retry-After` (S3 and GCS send none with these answers). Past
+# that the write fails, and the copy is made again later with what was written meanwhile (see
+# `_persist`).
+WRITE_RETRY: dict[str, Any] = {
+    "max_retries": 4,
+    "backoff": {"init_backoff": timedelta(seconds=0.5), "max_backoff": timedelta(seconds=4), "base": 2},
+    "retry_timeout": timedelta(seconds=15),
+}
 
 
 class Cancelled(Exception):
@@ -71,6 +90,11 @@ class Calls:
         except asyncio.CancelledError:
             raise Cancelled("storage call cancelled") from None
 
+    @property
+    def cancelled(self) -> bool:
+        """Whether `cancel()` was called."""
+        return self._cancelled
+
     def cancel(self) -> None:
         """Cancel the calls running now and refuse the next ones."""
         with self._lock:
@@ -106,11 +130,23 @@ def join(*parts: str) -> str:
 
 
 def put_bytes(uri: str, data: bytes, calls: Calls | None = None) -> None:
-    """Write `data` as the object (or file) `uri`, replacing it (as one of `calls`, if given)."""
+    """Write `data` as the object (or file) `uri`, replacing it (as one of `calls`, if given),
+    retried as `WRITE_RETRY` says."""
     local = _local(uri)
     if local is not None:
         local.parent.mkdir(parents=True, exist_ok=True)
-    (calls.run if calls is not None else asyncio.run)(storage.put_stream(data, to_path=uri))
+        (calls.run if calls is not None else asyncio.run)(storage.put_stream(data, to_path=uri))
+        return
+    fs: Any = storage.get_underlying_filesystem(path=uri, retry_config=WRITE_RETRY)
+    store, paths = _object_store(fs, [uri])
+
+    async def put() -> None:
+        if store is None:  # a store obstore does not serve: Flyte's own upload
+            await storage.put_stream(data, to_path=uri)
+        else:
+            await store.put_async(paths[0], data)
+
+    (calls.run if calls is not None else asyncio.run)(put())
 
 
 def read_bytes(uri: str) -> bytes | None:
@@ -200,7 +236,8 @@ class Pace:
 
 def delete(uris: list[str], calls: Calls | None = None) -> None:
     """Delete the objects (or files) `uris`; those already gone are passed over. Remote objects of
-    one bucket go in batched requests where the store offers them (S3's DeleteObjects: 1,000 a request)."""
+    one bucket go in batched requests where the store offers them (S3's DeleteObjects: 1,000 a
+    request), retried as `WRITE_RETRY` says."""
     remote = [u for u in uris if _local(u) is None]
     for uri in uris:
         local = _local(uri)
@@ -208,7 +245,7 @@ def delete(uris: list[str], calls: Calls | None = None) -> None:
             local.unlink(missing_ok=True)
     if not remote:
         return
-    fs: Any = storage.get_underlying_filesystem(path=remote[0])
+    fs: Any = storage.get_underlying_filesystem(path=remote[0], retry_config=WRITE_RETRY)
     store, paths = _object_store(fs, remote)
 
     async def rm() -> None:

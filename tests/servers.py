@@ -1,7 +1,8 @@
 """Real servers on loopback for the tests: a W&B-compatible one (`openwandb`) and an S3-compatible one
 (`moto_server`). Each starts on a free port, is waited for until it answers, can be killed and
 started again on the same port (and, for W&B, the same data), and reads back what it received.
-In front of a W&B server, `RateLimitingProxy` answers HTTP 429 above a set rate, as W&B does.
+In front of a W&B server, `RateLimitingProxy` answers HTTP 429 above a set rate, as W&B does; in
+front of an S3 server, `SlowDownProxy` answers 503 SlowDown above a set rate, as a bucket under load does.
 """
 
 from __future__ import annotations
@@ -473,5 +474,163 @@ class LimitedRequest:
     kind: str  # "creation", "update" (a run's upsert once it exists) or "file_stream"
     project: str
     run: str
+    refused: bool
+    status: int | None = None  # the server's answer, where forwarded
+
+
+class SlowDownProxy:
+    """An HTTP proxy on 127.0.0.1 in front of an S3 server that refuses, as a bucket under load does,
+    what comes faster than a set rate: a token bucket of `burst` tokens, refilled at `rate` a second
+    (`None`: no limit), one token a request. A request that finds no token is answered `503 SlowDown` with S3's XML
+    error body (or, with `status=429`, `429 Too Many Requests` as GCS answers), and `Retry-After`
+    where `retry_after_s` is given; the rest is forwarded to the server as it came. `requests`
+    records each request (forwarded or refused) for the test to read back.
+    """
+
+    def __init__(
+        self,
+        target_url: str,
+        rate: float | None,
+        burst: float = 1.0,
+        status: int = 503,
+        retry_after_s: int | None = None,
+    ) -> None:
+        import http.server
+
+        self.target_url = target_url.rstrip("/")
+        self.rate = rate
+        self.burst = burst
+        self.status = status
+        self.retry_after_s = retry_after_s
+        self.requests: list[ProxiedRequest] = []
+        self._tokens = burst
+        self._filled_at = time.monotonic()
+        self._lock = threading.Lock()
+        proxy = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # keep-alive, as object-store clients expect
+
+            def _handle(self) -> None:
+                with contextlib.suppress(ConnectionError):  # a client gone meanwhile (a call cancelled)
+                    proxy._serve(self)
+
+            do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = _handle
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        http.server.ThreadingHTTPServer.daemon_threads = True
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = int(self._server.server_address[1])
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def env(self, s3: S3Server) -> dict[str, str]:
+        """What a pod needs to reach `s3`'s bucket through this proxy."""
+        return {**s3.env(), "FLYTE_AWS_ENDPOINT": self.url}
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def set_rate(self, rate: float | None) -> None:
+        """Admit `rate` requests a second from now on (`None`: all), starting from an empty bucket
+        (so `0` refuses every request)."""
+        with self._lock:
+            self.rate, self._tokens, self._filled_at = rate, 0.0, time.monotonic()
+
+    def refused(self, method: str | None = None) -> list[ProxiedRequest]:
+        """The requests it refused (of `method`, if given)."""
+        with self._lock:
+            return [r for r in self.requests if r.refused and (method is None or r.method == method)]
+
+    def forwarded(self, method: str | None = None) -> list[ProxiedRequest]:
+        """The requests it forwarded to the server (of `method`, if given)."""
+        with self._lock:
+            return [r for r in self.requests if not r.refused and (method is None or r.method == method)]
+
+    def _take(self) -> bool:
+        """Whether a token is left for a request arriving now (taking it)."""
+        with self._lock:
+            if self.rate is None:
+                return True
+            now = time.monotonic()
+            self._tokens = min(self.burst, self._tokens + (now - self._filled_at) * self.rate)
+            self._filled_at = now
+            if self._tokens >= 1.0:
+                self._tokens -= 1.0
+                return True
+            return False
+
+    def _refuse(self, handler: Any) -> None:
+        if self.status == 503:
+            payload = (
+                b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>SlowDown</Code>'
+                b"<Message>Please reduce your request rate.</Message>"
+                b"<RequestId>0000000000000000</RequestId><HostId>proxy</HostId></Error>"
+            )
+            content_type = "application/xml"
+        else:
+            payload = b'{"error": {"code": 429, "message": "The rate of change requests to the bucket is too high."}}'
+            content_type = "application/json"
+        handler.send_response(self.status)
+        handler.send_header("Content-Type", content_type)
+        if self.retry_after_s is not None:
+            handler.send_header("Retry-After", str(self.retry_after_s))
+        handler.send_header("Content-Length", str(len(payload)))
+        handler.end_headers()
+        if handler.command != "HEAD":
+            handler.wfile.write(payload)
+
+    def _serve(self, handler: Any) -> None:
+        import http.client
+
+        length = int(handler.headers.get("Content-Length") or 0)
+        body = handler.rfile.read(length) if length else b""
+        admitted = self._take()
+        record = ProxiedRequest(time.time(), handler.command, handler.path.split("?", 1)[0], refused=not admitted)
+        with self._lock:
+            self.requests.append(record)
+        if not admitted:
+            self._refuse(handler)
+            return
+        target = urllib.parse.urlsplit(self.target_url)
+        conn = http.client.HTTPConnection(target.hostname or "127.0.0.1", target.port, timeout=60)
+        try:
+            # the Host header is kept: it is part of what the client signed
+            headers = {k: v for k, v in handler.headers.items() if k.lower() != "connection"}
+            conn.request(handler.command, handler.path, body=body or None, headers=headers)
+            response = conn.getresponse()
+            data = response.read()
+        except OSError:
+            handler.send_response(502)
+            handler.send_header("Content-Length", "0")
+            handler.end_headers()
+            return
+        finally:
+            conn.close()
+        record.status = response.status
+        handler.send_response(response.status)
+        for name, value in response.getheaders():
+            if name.lower() not in ("transfer-encoding", "connection", "content-length"):
+                handler.send_header(name, value)
+        handler.send_header("Content-Length", str(len(data)))
+        handler.end_headers()
+        if handler.command != "HEAD":
+            handler.wfile.write(data)
+
+
+@dataclass
+class ProxiedRequest:
+    """One request the SlowDown proxy received."""
+
+    at: float  # time.time() when it arrived
+    method: str
+    path: str  # /bucket/key
     refused: bool
     status: int | None = None  # the server's answer, where forwarded
