@@ -171,6 +171,13 @@ def _json_value(raw: str) -> Any:
         return json.loads(raw)
 
 
+def _begun(key: tuple[int, str]) -> tuple[int, str, int, str]:
+    """A rank's start, ordered by when it began: its run directory's name holds the time
+    (`[offline-]run-<YYYYMMDD_HHMMSS>-<run id>...`), whether it logged online or offline."""
+    rank, run_dir = key
+    return rank, run_dir.removeprefix("offline-").removeprefix("run-")[:15], len(run_dir), run_dir
+
+
 @dataclass
 class _Cursor:
     """How far one stored `.wandb` log has been fetched (`have`) and parsed (`start`)."""
@@ -224,14 +231,15 @@ class StoredRuns:
             manifest = Manifest.from_json(data)
             log = next((name for name in manifest.files if _LOG.match(name)), None)
             cursor = self._cursors.get(key) or _Cursor()
-            if log is not None:
-                wanted[key] = (log, manifest.pieces_from(log, cursor.have))
-            self._tags[path] = changed[path]
+            if log is None:  # nothing to read in it yet
+                self._tags[path] = changed[path]
+            else:
+                wanted[key] = (path, manifest.pieces_from(log, cursor.have))
         pieces = [self._piece_uri(key, p) for key, (_, ps) in wanted.items() for p in ps]
         contents = _storage.read_many(pieces, share=self.share)
         self.requests += len(pieces)
         pace = _storage.Pace(self.share)
-        for key in sorted(wanted):  # a rank's starts in the order they began (their names hold the time)
+        for key in sorted(wanted, key=_begun):  # a rank's starts in the order they began
             pace.sleep()
             rank, run_dir = key
             writer = self.writers.setdefault(rank, Writer(rank))
@@ -240,10 +248,12 @@ class StoredRuns:
                 writer.starts += 1
                 writer.online = not run_dir.startswith("offline-")
                 writer.exit_code = None
-            _, ps = wanted[key]
+            path, ps = wanted[key]
             read = [(p, contents[self._piece_uri(key, p)]) for p in ps]
-            if not self._read(self._cursors[key], read, writer):  # a piece compacted meanwhile: next time
-                self._tags.pop(f"rank-{rank}/{run_dir}.json", None)
+            # a manifest counts as read once its pieces are: a read that failed (this refresh
+            # raised) or a piece compacted meanwhile is tried again at the next refresh
+            if self._read(self._cursors[key], read, writer):
+                self._tags[path] = changed[path]
 
     def _piece_uri(self, key: tuple[int, str], piece: Piece) -> str:
         return _storage.join(self.prefix, f"rank-{key[0]}", key[1], piece.key)

@@ -142,6 +142,30 @@ def test_stored_copies_are_read_incrementally_and_whole(tmp_path: Path) -> None:
     ]  # fmt: skip
 
 
+def test_a_ranks_starts_are_read_in_the_order_they_began(tmp_path: Path) -> None:
+    # a rank's online start failed (exit 1); its next start, later, fell back offline and finished:
+    # the writer is what its newest start says, although `offline-run-...` sorts before `run-...`
+    script = (
+        "import time, wandb\n"
+        "for code in (1, 0):\n"
+        "    run = wandb.init(project='p', id='w', mode='offline')\n"
+        "    run.log({'loss': 1.0 + code})\n"
+        "    run.finish(exit_code=code)\n"
+        "    time.sleep(1.1)\n"
+    )
+    env = {"WANDB_DIR": str(tmp_path / "pod"), "WANDB_MODE": "offline", "PATH": str(Path(sys.executable).parent)}
+    subprocess.run([sys.executable, "-c", script], env=env, check=True, capture_output=True, timeout=120)
+    first, second = sorted((tmp_path / "pod" / "wandb").glob("offline-run-*-w"))
+    prefix = str(tmp_path / "storage" / "wandb" / "a0")
+    for run_dir, name in ((first, "run-20260101_000001-w"), (second, "offline-run-20260101_000002-w")):
+        assert RunFilesCopier(run_dir.rename(run_dir.with_name(name)), f"{prefix}/rank-0", interval_s=3600).copy()
+    stored = StoredRuns(prefix)
+    stored.refresh()
+    writer = stored.writers[0]
+    assert (writer.starts, writer.rows, writer.exit_code, writer.online) == (2, 2, 0, False)
+    assert writer.metrics == {"loss": 1.0}
+
+
 def test_a_curve_keeps_a_bounded_number_of_divergences_spread_over_the_job() -> None:
     curve = Curve()
     for step in range(200_000):  # 2,000 runs of non-finite values, 3 steps each, every 100 steps
