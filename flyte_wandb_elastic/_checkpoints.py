@@ -139,10 +139,14 @@ def _record(
             _wandb_run.log_reference(wandb_run, artifact, list(aliases), used=used)
 
         when_open = getattr(run, "when_open", None)
-        if when_open is not None:  # queued with the rank's other calls while the run opens
-            when_open(log)
-        else:  # blocking_init=True: the wandb.Run itself
+        if when_open is None:  # blocking_init=True: the wandb.Run itself
             log(run)
+        elif run.is_open:  # not under the rank run's lock: W&B asks its server first, and `log` goes on
+            opened = run.wandb_run()
+            if opened is not None:
+                log(opened)
+        else:  # queued with the rank's other calls while the run opens
+            when_open(log)
 
     _RECORDER.submit(record, uri)
 
