@@ -5,6 +5,7 @@ Run from the repository root, in the project's virtualenv:
     python benchmarks/bench_at_scale.py                                 # 1,024 nodes x 8 ranks
     python benchmarks/bench_at_scale.py --agreement-ranks 4096,8192 --repeats 3 --json out.json
     python benchmarks/bench_at_scale.py --agreement-ranks ""            # links and W&B load only
+    python benchmarks/bench_at_scale.py --agreement-ranks "" --storage-day --day-writers 16   # and a day of storage
 
 1. Console links: for each layout (run_mode x rank_scope), a `WandbElastic` task declared at the
    size and serialized by Flyte's own serializer as `flyte.run` does: links per task, spec bytes,
@@ -20,6 +21,14 @@ Run from the repository root, in the project's virtualenv:
    waits for that key. Each measurement runs in a process of its own; each rank appends its
    return time to a file as it returns, which the parent reads (the busy process is not trusted
    to report). Repeated `--repeats` times, floor and agreement alternating; the spread is shown.
+4. Storage over a day (`--storage-day`, about 15 minutes on 2 cores at 16 writers): a sample of
+   `--day-writers` writers, each a real run directory growing one row a second, goes through every
+   copy of a 24-hour job at the job's default copy interval with the ranks' own copier, to a
+   `moto_server` on loopback whose access log counts the requests; the report's own reader
+   refreshes after every interval (see `benchmarks/storage_day.py`). The requests per copy and per
+   refresh (every writer changed, none, half) at the last hour are asserted equal to hour 1's;
+   objects per run and bytes are shown at both; the tab is built at the job's full size from the
+   reader's curves at both. Then the day at full size: PUTs/s, objects, refresh requests.
 """
 
 from __future__ import annotations
@@ -28,6 +37,7 @@ import argparse
 import contextlib
 import dataclasses
 import json
+import math
 import os
 import resource
 import socket
@@ -209,6 +219,110 @@ def _spread(values: list[float]) -> str:
     return f"{statistics.median(values):.1f} s (min {min(values):.1f}, max {max(values):.1f}, n={len(values)})"
 
 
+# ---- 4. storage over a day ----
+
+
+def storage_over_a_day(ranks: int, writers: int, hours: float, row_s: float) -> dict[str, Any]:
+    from benchmarks.storage_day import CYCLE, said, storage_day
+
+    print(f"\n## Storage over a day ({writers} sample writers through every copy of {hours:g} hours)\n")
+    day = storage_day(ranks, writers, hours, row_s)
+    interval, copies = day["interval_s"], day["copies"]
+    first, last = day["at"].values()
+    names = list(day["at"])
+    print(
+        f"Copy interval {interval:.1f} s (the default at {ranks:,} ranks), {copies:,} copies per writer; "
+        f"one row of 4 metrics every {row_s:g} s; the day's log {day['files'][next(iter(day['files']))]:,} "
+        f"bytes as wandb wrote it ({', '.join(f'{k} {v:,}' for k, v in day['files'].items())}). "
+        f"The day took {day['day_s']:.0f} s here. The first copies of the {writers} writers: "
+        f"{day['first_copy']}.\n"
+    )
+    print(f"| per writer, measured on the sample | {names[0]} | {names[1]} |")
+    print("|---|---|---|")
+
+    def row(label: str, a: str, b: str) -> None:
+        print(f"| {label} | {a} | {b} |")
+
+    row(
+        f"requests per copy (last {2 * CYCLE} copies: two compaction cycles)",
+        said(first["copy_window"]),
+        said(last["copy_window"]),
+    )
+    for case, label in (("every", "every writer"), ("half", "half of them"), ("none", "none")):
+        row(
+            f"a refresh of the sample, {label} changed ({first[case]['changed']})",
+            f"{said(first[case]['requests'])}; {first[case]['s'] * 1000:.0f} ms",
+            f"{said(last[case]['requests'])}; {last[case]['s'] * 1000:.0f} ms",
+        )
+    for key, label in (
+        ("objects_per_run", "objects per run (and its manifest)"),
+        ("manifest_bytes", "manifest bytes"),
+    ):
+        row(label, f"{first['stored'][key]:,.0f}", f"{last['stored'][key]:,.0f}")
+    for key in ("bytes_stored", "bytes_sent"):
+        row(
+            f"{key.replace('_', ' ')} / bytes written",
+            f"{first['stored'][key] / first['stored']['bytes_written']:.2f}",
+            f"{last['stored'][key] / last['stored']['bytes_written']:.2f}",
+        )
+    row(
+        "rows the reader holds / rows copied",
+        f"{first['stored']['rows_read']:,} / {first['stored']['rows_written']:,}",
+        f"{last['stored']['rows_read']:,} / {last['stored']['rows_written']:,}",
+    )
+    row(
+        f"the tab at {ranks:,} writers from the reader's curves: size, build (CPU)",
+        _tab(first["tab"]),
+        _tab(last["tab"]),
+    )
+    row(
+        "one writer's copy read back whole (`fetch_copies`, as `inspect` and `sync --ranks` read)",
+        f"{said(first['fetch_one']['requests'])}; {first['fetch_one']['s']:.1f} s",
+        f"{said(last['fetch_one']['requests'])}; {last['fetch_one']['s']:.1f} s",
+    )
+    end = day["end"]
+    read = day["bytes_read_per_refresh"]
+    print(
+        f"\nAt the end (each writer's last copy, W&B's debug logs with it): {end['objects_per_run']:,.0f} objects "
+        f"per run, stored {end['bytes_stored'] / end['bytes_written']:.2f}x and sent "
+        f"{end['bytes_sent'] / end['bytes_written']:.2f}x the bytes written; the reader holds "
+        f"{end['rows_read']:,} of {end['rows_written']:,} rows. Bytes a refresh of every writer read over "
+        f"the day: {read['min'] / writers:,.0f} to {read['max'] / writers:,.0f} per writer "
+        f"(mean {read['mean'] / writers:,.0f}). Asserted: every copy of the last {2 * CYCLE} made the "
+        f"requests of hour 1's copy of the same phase of the compaction cycle; every refresh costs 1 "
+        f"LIST and 2 GETs per changed writer, the same at both hours and at every interval between."
+    )
+    per_copy = last["copy_window"]
+    puts, deletes = per_copy.get("PUT", 0.0), per_copy.get("DELETE", 0.0)
+    per_hour = (last["stored"]["objects_per_run"] - first["stored"]["objects_per_run"]) / (
+        (copies - day["hour1_copy"]) * interval / 3600
+    )
+    lists = math.ceil(ranks / 1000)
+    gets = ranks * last["every"]["requests"]["GET"] / last["every"]["changed"]
+    print(f"\n| at {ranks:,} ranks, a {hours:g}-hour job | |")
+    print("|---|---|")
+    print(f"| PUTs/s (and batched deletes/s) | {ranks * puts / interval:,.0f} ({ranks * deletes / interval:,.1f}) |")
+    print(
+        f"| objects per run: {names[0]}, {names[1]}, at the end | {first['stored']['objects_per_run']:,.0f}, "
+        f"{last['stored']['objects_per_run']:,.0f}, {end['objects_per_run']:,.0f} "
+        f"(+{per_hour:.1f} an hour: a segment per {CYCLE} copies of each appended file) |"
+    )
+    print(f"| objects of the whole job at the end | {ranks * end['objects_per_run']:,.0f} |")
+    print(f"| a refresh, every writer changed | {lists} LIST ({ranks:,} manifests, 1,000 a page), {gets:,.0f} GET |")
+    print(f"| a refresh, none changed | {lists} LIST |")
+    print(f"| the tab ({ranks:,} writers): size, build (CPU) | {_tab(last['tab'])} |")
+    print(
+        "\nSeconds of a refresh at full size: `bench_refresh_at_scale.py` (8,192 writers on this S3 server); "
+        "sync runs/s: `bench_sync.py`."
+    )
+    day.pop("refreshes")
+    return day
+
+
+def _tab(tab: dict[str, Any]) -> str:
+    return f"{tab['bytes'] / 1024:,.0f} KiB, {tab['build_s']:.1f} s ({tab['build_cpu_s']:.1f} s)"
+
+
 # ---- main ----
 
 
@@ -219,6 +333,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--agreement-ranks", default="4096", help="comma-separated world sizes ('' to skip)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--storage-day", action="store_true", help="run section 4, a day of storage requests")
+    parser.add_argument("--day-writers", type=int, default=16, help="sample writers taken through the day")
+    parser.add_argument("--day-hours", type=float, default=24.0)
+    parser.add_argument("--row-s", type=float, default=1.0, help="seconds between rows a writer logs")
     parser.add_argument("--_child", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args._child:
@@ -277,6 +395,9 @@ def main(argv: list[str] | None = None) -> int:
                 f"| {ranks:,} | {_spread(walls['floor'])} | {_spread(walls['agreement'])} | {ratio} "
                 f"| {incomplete['floor']} / {incomplete['agreement']} |"
             )
+    day: dict[str, Any] | None = None
+    if args.storage_day:
+        day = storage_over_a_day(nodes * nproc, args.day_writers, args.day_hours, args.row_s)
     info = machine()
     print("\nMachine: " + ", ".join(f"{k} {v}" for k, v in info.items()))
     if args.json:
@@ -288,6 +409,7 @@ def main(argv: list[str] | None = None) -> int:
             "links": links,
             "wandb_load": load,
             "agreement": agreement,
+            "storage_day": day,
         }
         args.json.write_text(json.dumps(payload, indent=2))
         print(f"Raw results: {args.json}")
