@@ -2,35 +2,36 @@
 
 For clusters whose pods cannot reach W&B (air-gapped, or a server lost mid-run): the run files
 each rank copied to storage are uploaded from anywhere that can reach both, with W&B's own sync
-machinery (wandb-core's, as `wandb beta sync` runs it: many runs in one process, several at a
-time). The starts of one writer, a restart's among them, go one after the other and in order, so
-its steps arrive as they were logged. Each run directory synced is recorded beside its copy in
-storage (`flyte-wandb-synced.json`), so a second `sync` sends nothing; an online run whose upload
-finished in the pod is recorded so by the pod. `ranks` picks writers: only the copies under their
-`rank-<r>` folders are fetched and uploaded (one rank's offline run, say, among thousands).
+machinery, wandb-core's (what `wandb sync` and `wandb beta sync` run), in this one process:
+`parallel` writers at a time, the starts of one writer (a restart's among them) one after the
+other and in order, so its steps arrive as they were logged. Each run directory synced is recorded
+beside its copy in storage (`flyte-wandb-synced.json`), so a second `sync` sends nothing; an
+online run whose upload finished in the pod is recorded so by the pod. `ranks` picks writers: only
+the copies under their `rank-<r>` folders are fetched and uploaded (one rank's offline run, say,
+among thousands).
 
 What is read from storage grows with what is not synced yet: one flat listing of the URI shows
-which copies carry the synced record, and no object of those is read (except beside a writer's
-file of queued calls that still needs its earlier starts, see `_queued`).
+which copies carry the synced record, and no object of those is read (except in a folder beside a
+file of queued calls that may need its writer's earlier starts, see `_queued_starts`).
 
-Uploads go in batches of at most `RUNS_PER_BATCH` run files, begun at least `BATCH_MIN_S` apart,
-so that W&B's limit of 80 run creations a second (`_wandb_limits`) holds in any one-second window
-(which overlaps at most two batches). A batch holds at most one start of each run: the first
-unsynced start of every run, then (once those are done) the second, and so on.
+Each start's upload creates at most one run on the server, and uploads begin at most
+`DEFAULT_RUN_CREATIONS_PER_S` (80) a second, W&B's limit of run creations per project
+(`_wandb_limits`): one every 12.5 ms at most, from whichever thread.
 
 Process: wherever the command runs (a laptop, or a Flyte task: see `examples/sync_task.py`).
 """
 
 from __future__ import annotations
 
-import itertools
 import os
 import re
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Collection
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,13 +41,10 @@ from ._persist import _COPY_NAME, SYNCED_MARKER, fetch_copies, mark_synced, run_
 from ._queued import PREFIX as QUEUED_PREFIX
 from ._queued import Queued, begun, its_start, queued_files, read_queued, unwritten, writers_starts
 from ._runfiles import iter_records, read_run_file
+from ._wandb_limits import DEFAULT_RUN_CREATIONS_PER_S
 
 DEFAULT_BASE_URL = "https://api.wandb.ai"
 DEFAULT_PARALLEL = 4
-# W&B allows 80 run creations a second per project (`_wandb_limits`); a batch creates at most one
-# run per file, and batches begin at least `BATCH_MIN_S` apart: any one second overlaps at most two.
-RUNS_PER_BATCH = 40
-BATCH_MIN_S = 1.0
 _UNENDED = "no end recorded"
 _EMPTY = "holds no record"
 _EARLIER_FAILED = "an earlier start failed"
@@ -54,8 +52,6 @@ _EARLIER_FAILED = "an earlier start failed"
 _RUN_DIR = re.compile(r"^(?:offline-)?run-(\d{8}_\d{6})-")
 # a rank's copies lie under `.../rank-<r>/` (see `_planner.run_files_prefix`)
 _RANK_DIR = re.compile(r"^rank-(\d+)$")
-# wandb-core's message about one run: `[<entity>/<project>/<run id>] ...`
-_ABOUT_RUN = re.compile(r"^\[[^\]]*/([^/\]]+)\] ")
 
 
 class SyncError(RuntimeError):
@@ -304,104 +300,77 @@ def _remote(uri: str, root: Path, local: Path) -> str:
 
 
 def _upload(starts: dict[str, list[tuple[Path, str]]], parallel: int) -> dict[str, str | None]:
-    """Upload each writer's starts in order (once one fails, its later ones wait for the next
-    `sync`), the first of every run together, then the second, and so on, in batches (see the
-    module docstring); record each ended one as synced.
+    """Upload `parallel` writers at a time, each writer's starts in order (once one fails, its later
+    ones wait for the next `sync`); record each ended one as synced.
 
     Returns:
         For each start's storage URI: `None`, `_UNENDED` (uploaded, not recorded), `_EMPTY`
         (nothing to upload), or the error.
     """
-    by_run: dict[str, list[tuple[str, Path, str]]] = {}  # a run's writers' starts, each writer's in order
-    for writer, its in starts.items():
-        by_run.setdefault(writer.rpartition("/")[2], []).extend((writer, d, remote) for d, remote in its)
-    outcomes: dict[str, str | None] = {}
-    failed: set[str] = set()  # writers
-    pace = _Pace()
-    for generation in itertools.zip_longest(*by_run.values()):
-        todo = []
-        for writer, run_dir, remote in filter(None, generation):
-            if writer in failed:
-                outcomes[remote] = _EARLIER_FAILED
-            elif not _holds_records(run_dir):
-                outcomes[remote] = _EMPTY
-            else:
-                todo.append((writer, run_dir, remote))
-        for first in range(0, len(todo), RUNS_PER_BATCH):
-            batch = todo[first : first + RUNS_PER_BATCH]
-            files = {run_dir: sorted(run_dir.glob("run-*.wandb")) for _, run_dir, _ in batch}
-            errors = _upload_files([f for fs in files.values() for f in fs], parallel, pace)
-            for writer, run_dir, remote in batch:
-                error = next((errors[f] for f in files[run_dir] if errors[f] is not None), None)
-                if error is None and not _ended(run_dir):
-                    error = _UNENDED
-                elif error is None:
-                    mark_synced(remote, "python -m flyte_wandb_elastic sync")
-                else:
-                    failed.add(writer)
-                outcomes[remote] = error
-    return outcomes
+    pace = _Pace(1.0 / DEFAULT_RUN_CREATIONS_PER_S)
+
+    def in_order(its: list[tuple[Path, str]]) -> list[tuple[str, str | None]]:
+        outcomes: list[tuple[str, str | None]] = []
+        for run_dir, remote in its:
+            failed = any(e not in (None, _UNENDED, _EMPTY) for _, e in outcomes)
+            outcomes.append((remote, _EARLIER_FAILED if failed else _upload_start(run_dir, remote, pace)))
+        return outcomes
+
+    with ThreadPoolExecutor(max_workers=max(1, parallel)) as pool:
+        return {remote: error for outcomes in pool.map(in_order, starts.values()) for remote, error in outcomes}
 
 
 class _Pace:
-    """Upload operations begun at least `BATCH_MIN_S` apart."""
+    """Uploads begun at least `interval_s` apart, from any thread."""
 
-    def __init__(self) -> None:
-        self._last = -BATCH_MIN_S
+    def __init__(self, interval_s: float) -> None:
+        self.interval_s = interval_s
+        self._next = 0.0
+        self._lock = threading.Lock()
 
     def wait(self) -> None:
-        time.sleep(max(0.0, self._last + BATCH_MIN_S - time.monotonic()))
-        self._last = time.monotonic()
+        with self._lock:
+            now = time.monotonic()
+            start = max(now, self._next)
+            self._next = start + self.interval_s
+        time.sleep(start - now)
 
 
-def _upload_files(files: list[Path], parallel: int, pace: _Pace) -> dict[Path, str | None]:
-    """Upload run files (at most one of each run) in one operation of W&B's sync: for each, `None`
-    or the error.
+def _upload_start(run_dir: Path, remote: str, pace: _Pace) -> str | None:
+    """Upload one run directory with W&B's sync (in this process) and record it as synced if it ended.
 
-    wandb-core marks a file it read to the end (`<file>.synced`), and names the run (or the file)
-    in its errors; an error it names neither by is the file's where only one is left without a
-    mark. Where an operation ends with several unmarked and unnamed (one file it could not read
-    stops the whole operation before any upload), those are uploaded again, one by one if need be.
+    wandb-core marks each file it read to the end (`<file>.synced`) and reports what the server
+    refused (after which it marks the file all the same): the upload succeeded where it marked
+    every file and reported no error.
+
+    Returns:
+        `None`, `_UNENDED` (uploaded, not recorded), `_EMPTY` (nothing to upload), or the error.
     """
     from . import _wandb_run
+
+    if not _holds_records(run_dir):
+        return _EMPTY
+    files = sorted(run_dir.glob("run-*.wandb"))
 
     def mark(f: Path) -> int | None:
         synced = f.with_name(f.name + ".synced")
         return synced.stat().st_mtime_ns if synced.exists() else None
 
-    before = {f: mark(f) for f in files}
+    before = [mark(f) for f in files]
     pace.wait()
     try:
-        messages = _wandb_run.upload_run_files(files, parallel)
+        messages = _wandb_run.upload_run_files(files)
     except Exception as exc:  # the service did not start, or died
-        messages = [(True, f"W&B's sync failed: {type(exc).__name__}: {exc}")]
+        return f"W&B's sync failed: {type(exc).__name__}: {exc}"
     errors = [text.strip() for is_error, text in messages if is_error]
-
-    def about(error: str, f: Path) -> bool:
-        run = _ABOUT_RUN.match(error)
-        return (run is not None and run.group(1) == f.stem.removeprefix("run-")) or any(
-            f'"{where}"' in error for where in (f, f.parent)
-        )
-
-    out: dict[Path, str | None] = {}
-    left = []
-    for f in files:
-        named = [error for error in errors if about(error, f)]
-        if named:
-            out[f] = named[0]
-        elif mark(f) not in (None, before[f]):
-            out[f] = None
-        else:
-            left.append(f)
-    unnamed = [error for error in errors if not any(about(error, f) for f in files)]
-    if len(left) == 1:
-        out[left[0]] = unnamed[0] if unnamed else "W&B's sync did not finish it"
-    elif left and len(left) < len(files):
-        out.update(_upload_files(left, parallel, pace))
-    else:
-        for f in left:
-            out.update(_upload_files([f], parallel, pace))
-    return out
+    if errors:
+        return errors[0]
+    if any(mark(f) in (None, was) for f, was in zip(files, before, strict=True)):
+        return "W&B's sync did not finish it"
+    if not _ended(run_dir):
+        return _UNENDED
+    mark_synced(remote, "python -m flyte_wandb_elastic sync")
+    return None
 
 
 def _holds_records(run_dir: Path) -> bool:

@@ -509,10 +509,11 @@ def log_reference(run: Any, artifact: Any, aliases: list[str], used: bool = Fals
         run.log_artifact(artifact, aliases=aliases)
 
 
-def upload_run_files(files: list[Path], parallelism: int) -> list[tuple[bool, str]]:
+def upload_run_files(files: list[Path], parallelism: int = 1) -> list[tuple[bool, str]]:
     """Upload W&B run files (`.wandb`) to the server of the environment, in one operation of this
     process's `wandb-core`: W&B's own sync, as `wandb beta sync` runs it (`parallelism` runs at a
-    time; files of one run one after the other, by their start time).
+    time; files of one run one after the other, by their start time). Threads may call it at once:
+    each call is an operation of its own.
 
     wandb-core writes `<file>.synced` beside each file it read to the end without an error, even
     when the server refused some of it: its error messages say so.

@@ -79,6 +79,11 @@ def test_many_runs_arrive_whole_in_one_sync_and_what_is_synced_is_not_read_again
     wandb_dir = tmp_path / "pod" / "wandb"
     for rank, run_id in enumerate(ids):
         store(sorted(wandb_dir.glob(f"offline-run-*-{run_id}*")), base, rank)  # a second start may end `-1`
+    # a copy that is no W&B log: W&B's sync refuses it, and every other run is synced all the same
+    junk = tmp_path / "junk" / "offline-run-20261206_000000-junk"
+    junk.mkdir(parents=True)
+    (junk / "run-junk.wandb").write_bytes(b"not a W&B log")
+    store([junk], base, 9)
     # rank 0's calls queued while its run opened: the run opened and holds them (nothing to send)
     queued = QueuedCalls(wandb_dir, {"id": "m00", "project": PROJECT, "entity": ENTITY}, f"{base}/wandb/a0/rank-0")
     queued.add({"x": 0}, None, None)
@@ -87,20 +92,22 @@ def test_many_runs_arrive_whole_in_one_sync_and_what_is_synced_is_not_read_again
     env = {**s3.env(), **wandb_server.env()}
 
     first = cli("sync", "-n", "4", base, env=env)
-    assert first.returncode == 0, first.stdout + first.stderr
-    assert "9 synced, 0 already synced, 0 failed" in first.stdout
+    assert first.returncode == 1, first.stdout + first.stderr
+    assert "9 synced, 0 already synced, 1 failed" in first.stdout
+    assert f"FAILED   {base}/wandb/a0/rank-9/{junk.name}: " in first.stderr
     for run_id in ids[:-1]:
         assert [(r["_step"], r["x"]) for r in wandb_server.rows(PROJECT, run_id)] == [(i, i) for i in range(ROWS)]
     # both starts of one run, in order
     assert [(r["_step"], r["x"]) for r in wandb_server.rows(PROJECT, "again")] == [(i, i) for i in range(2 * ROWS)]
     assert set(wandb_server.runs().items()) == {(run_id, "finished") for run_id in ids}
 
-    # the second reads the listing only: no object of a synced copy, and sends nothing
+    # the second reads no object of a synced copy (only the failed one's, tried again), and sends nothing
     before = len(s3.requests())
     second = cli("sync", base, env=env)
-    assert second.returncode == 0, second.stdout + second.stderr
-    assert "0 synced, 9 already synced, 0 failed" in second.stdout
-    assert object_reads(s3, before) == []
+    assert second.returncode == 1, second.stdout + second.stderr
+    assert "0 synced, 9 already synced, 1 failed" in second.stdout
+    reads = object_reads(s3, before)
+    assert reads and all("/rank-9/" in path for path in reads), reads
     assert [r for r in s3.requests()[before:] if r.method not in ("GET", "HEAD")] == []
     assert all(len(wandb_server.rows(PROJECT, run_id)) == ROWS for run_id in ids[:-1])
 
@@ -108,8 +115,8 @@ def test_many_runs_arrive_whole_in_one_sync_and_what_is_synced_is_not_read_again
     store(list(wandb_dir.glob("offline-run-*-late")), base, 8)
     before = len(s3.requests())
     third = cli("sync", base, env=env)
-    assert third.returncode == 0, third.stdout + third.stderr
-    assert "1 synced, 9 already synced, 0 failed" in third.stdout
+    assert "1 synced, 9 already synced, 1 failed" in third.stdout
     reads = object_reads(s3, before)
-    assert reads and all("/rank-8/" in path for path in reads), reads
+    assert {"/rank-8/" in path for path in reads} == {True, False}
+    assert all("/rank-8/" in path or "/rank-9/" in path for path in reads), reads
     assert [r["x"] for r in wandb_server.rows(PROJECT, "late")] == list(range(ROWS))
