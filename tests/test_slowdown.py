@@ -111,8 +111,10 @@ def test_a_refused_copy_backs_off_the_next_catches_up_and_the_last_says_what_it_
     assert copier.next_wait_s() == INTERVAL_S
     assert rows_stored("read-caught-up") == list(range(150))
 
-    # the end, against a bucket that refuses everything: the last copy keeps trying within its
-    # bound, then gives up and says what storage lacks; the stored copy is still whole
+    # the end, against a bucket that refuses everything (as GCS does, with 429): the last copy
+    # keeps trying within its bound, then gives up and says what storage lacks; the stored copy
+    # is still whole
+    slowdown.status = 429
     slowdown.set_rate(0)
     log(range(150, 200))
     run.finish()
@@ -123,7 +125,7 @@ def test_a_refused_copy_backs_off_the_next_catches_up_and_the_last_says_what_it_
         assert not copier.final_copy(last_s, synced=False)
     assert time.monotonic() - started < last_s + CANCEL_WAIT_S + 0.5
     assert f"did not finish within {last_s:.0f} s" in caplog.text
-    assert "503 Service Unavailable" in caplog.text
+    assert "429 Too Many Requests" in caplog.text
     assert f"of the {size:,} bytes of run-{run.id}.wandb" in caplog.text
     assert rows_stored("read-end") == list(range(150))
 
