@@ -290,7 +290,8 @@ def storage_over_a_day(ranks: int, writers: int, hours: float, row_s: float) -> 
         f"the day: {read['min'] / writers:,.0f} to {read['max'] / writers:,.0f} per writer "
         f"(mean {read['mean'] / writers:,.0f}). Asserted: every copy of the last {2 * CYCLE} made the "
         f"requests of hour 1's copy of the same phase of the compaction cycle; every refresh costs 1 "
-        f"LIST and 2 GETs per changed writer, the same at both hours and at every interval between."
+        f"LIST and 2 GETs per changed writer, the same at both hours and at every interval between; "
+        f"the reader holds every row copied, at both hours and at the end."
     )
     per_copy = last["copy_window"]
     puts, deletes = per_copy.get("PUT", 0.0), per_copy.get("DELETE", 0.0)

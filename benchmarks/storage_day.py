@@ -19,7 +19,7 @@ Measured at hour 1 and at hour 24, and compared (the run fails loudly where they
 - a refresh after every sample writer copied, one with none changed, and ones with half of them
   changed;
 - objects per run (under the writer's prefix, and its manifest) and bytes stored, sent and
-  written, by a listing the counts leave out.
+  written, by a listing the counts leave out; the rows the reader holds (asserted: every row copied).
 
 Then the day at the job's full size: the per-copy and per-refresh counts scaled to every writer.
 """
@@ -293,6 +293,9 @@ def _day(
     result["bytes_read_per_refresh"] = {"min": min(steady), "mean": sum(steady) / len(steady), "max": max(steady)}
     result["first_copy"] = said(sum((w.copies[0] for w in sample), Counter()))
     _check(sample, refreshes, at, hour1, copies, n)
+    for when, held in [*((name, a["stored"]) for name, a in at.items()), ("the end", end)]:
+        if held["rows_read"] != held["rows_written"]:
+            raise AssertionError(f"at {when} the reader holds {held['rows_read']:,} of {held['rows_written']:,} rows")
     return result
 
 
