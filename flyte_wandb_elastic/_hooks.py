@@ -37,7 +37,7 @@ from ._job_end import JobEnd
 from ._node_service import first_rank_service, join_node_service
 from ._options import PARENT_RUN_KEY, WandbOptions
 from ._persist import SLOW_COPY_S, RunFilesCopier, default_persist_interval
-from ._planner import RankPlan, creation_slot, plan_rank, run_files_prefix, system_metrics
+from ._planner import RankPlan, creation_slot, plan_rank, run_files_prefix, system_metrics, writers
 from ._queued import QueuedCalls
 from ._rank_aggregator import END_SHARE, END_WAIT_S, RankAggregator
 from ._rank_run import CreationSlot, RankRun, logger, service_lost
@@ -192,7 +192,9 @@ class RankHooks:
         copy_prefix = run_files_prefix(
             options, ctx.run_base_dir if ctx else None, run_name, action_name, topology.rank or 0
         )
-        interval = options.persist_interval or default_persist_interval(topology.world_size or 1)
+        # the job's storage budget counts the ranks that copy run files, not every rank
+        copying = writers(options, topology.num_nodes or 1, self.nproc_per_node)
+        interval = options.persist_interval or default_persist_interval(copying)
         if self.report and copy_prefix is not None and (topology.rank or 0) == 0:
             end.report = ReportTab(
                 options,
@@ -232,11 +234,13 @@ class RankHooks:
             return run
 
         known = {"id": plan.run_id, "group": plan.group, "project": options.project, "entity": options.entity}
-        if background and plan.run_id is not None and (options.mode or os.environ.get("WANDB_MODE")) != "disabled":
+        disabled = (options.mode or os.environ.get("WANDB_MODE")) == "disabled"
+        if background and plan.run_id is not None and not disabled:
             end.keep_queued(options, plan, meta, copy_prefix, interval)
         slot = CreationSlot(creation_slot(options, plan), end.by(INIT_SHARE))  # W&B's rate of run creations
         rank_run = RankRun(opener, {**known, "name": options.name}, end.queued, slot)
-        if options.rank_runs == "offline" and topology.distributed and (topology.rank or 0) == 0 and copy_prefix:
+        primary = (topology.rank or 0) == 0
+        if options.rank_runs == "offline" and topology.distributed and primary and copy_prefix and not disabled:
             peers = frozenset(range(1, topology.world_size or 1))
             end.aggregator = RankAggregator(rank_run, action_prefix(copy_prefix), interval, peers)
             end.aggregator.start()

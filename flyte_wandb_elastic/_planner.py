@@ -144,6 +144,20 @@ def plan_rank(
     )
 
 
+def writers(options: WandbOptions, nodes: int, nproc_per_node: int) -> int:
+    """How many ranks of the job write a run of their own or a writer of a shared one (each copies
+    its run files to storage), offline rank runs included: node 0's, and node 1's for every later
+    node (each plans as node 1 does, with its own index in its runs' ids)."""
+
+    def of_node(node: int) -> int:
+        ranks = range(node * nproc_per_node, (node + 1) * nproc_per_node)
+        return sum(
+            plan_rank(options, Topology.in_job(r, nodes, nproc_per_node), "r", "a", nodes).opens_run for r in ranks
+        )
+
+    return of_node(0) + (nodes - 1) * of_node(min(1, nodes - 1))
+
+
 def creation_slot(options: WandbOptions, plan: RankPlan) -> float:
     """How long this rank's `wandb.init` waits before it asks W&B to create its run, in seconds.
 

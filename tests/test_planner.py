@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from flyte_wandb_elastic import WandbOptions
-from flyte_wandb_elastic._planner import RankPlan, base_run_id, creation_slot, plan_rank, system_metrics
+from flyte_wandb_elastic._planner import RankPlan, base_run_id, creation_slot, plan_rank, system_metrics, writers
 from flyte_wandb_elastic._topology import Topology
 
 NO = RankPlan(opens_run=False)
@@ -196,3 +196,25 @@ def test_at_1024_x_8_the_job_asks_for_at_most_80_creations_a_second(run_mode: st
             start += 1
         most = max(most, end - start + 1)
     assert most <= 81
+
+
+LAYOUTS = [(m, s, None) for m in ("auto", "shared", "new") for s in ("global", "worker")]
+LAYOUTS += [("auto", s, "offline") for s in ("global", "worker")]
+
+
+@pytest.mark.parametrize(("run_mode", "rank_scope", "rank_runs"), LAYOUTS)
+@pytest.mark.parametrize(("nodes", "nproc"), [(1, 1), (1, 4), (2, 2), (3, 2), (5, 3)])
+def test_the_writers_that_copy_run_files_are_counted_as_every_rank_plans(
+    run_mode: str, rank_scope: str, rank_runs: str | None, nodes: int, nproc: int
+) -> None:
+    options = WandbOptions(run_mode=run_mode, rank_scope=rank_scope, rank_runs=rank_runs)  # type: ignore[arg-type]
+    planned = [plan_rank(options, Topology.in_job(r, nodes, nproc), "r1", "a0", nodes) for r in range(nodes * nproc)]
+    assert writers(options, nodes, nproc) == sum(plan.opens_run for plan in planned)
+
+
+def test_at_1024_x_8_only_the_layouts_where_every_rank_writes_count_every_rank() -> None:
+    def count(run_mode: str, rank_scope: str = "global", **more: str) -> int:
+        return writers(WandbOptions(run_mode=run_mode, rank_scope=rank_scope, **more), 1024, 8)  # type: ignore[arg-type]
+
+    assert (count("auto"), count("auto", "worker"), count("shared"), count("new", "worker")) == (1, 1024, 8192, 8192)
+    assert count("auto", rank_runs="offline") == 8192
