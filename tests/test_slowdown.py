@@ -26,6 +26,9 @@ from flyte_wandb_elastic._storage import WRITE_RETRY
 from tests.conftest import launch
 from tests.servers import S3Server, SlowDownProxy
 
+# both tests bound a copy's or a job's end in time (see `exclusive` in tests/conftest.py)
+pytestmark = pytest.mark.exclusive
+
 INTERVAL_S = 1.0
 
 
