@@ -6,6 +6,8 @@ It is imported lazily, by ranks that open a run, so ranks that don't log never i
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 import os
 import shutil
@@ -253,6 +255,7 @@ def make_global(run: Any, remember: bool = True) -> None:
         summary=_Waiting(run, "summary"),
         **{name: _waiting_call(run, name) for name in _RUN_FUNCTIONS},
     )
+    wandb.init = _init_waiting_for(run)
 
 
 def open_globals(rank_run: Any, run: Any) -> None:
@@ -261,11 +264,39 @@ def open_globals(rank_run: Any, run: Any) -> None:
         wandb_module.set_global(
             config=run.config, summary=run.summary, **{name: getattr(run, name) for name in _RUN_FUNCTIONS}
         )
+    if getattr(wandb.init, "waits_for", None) is rank_run:
+        wandb.init = _INIT
+
+
+# W&B's own `wandb.init`: once this rank's run is open, W&B answers a plain `wandb.init()` with it.
+_INIT = wandb.init
+
+
+def _init_waiting_for(rank_run: Any) -> Any:
+    """`wandb.init` while `rank_run` opens: a call that W&B would answer with the open run (no
+    `reinit` of its own) waits for the run to open first, and so gets it, as it would a moment
+    later (without the wait, W&B saw no run yet and created a second one). Where the run cannot
+    open, W&B's own answer."""
+
+    @functools.wraps(_INIT)
+    def init(*args: Any, **kwargs: Any) -> Any:
+        settings = kwargs.get("settings")
+        reinit = kwargs.get("reinit") or getattr(settings, "reinit", None)
+        ours = wandb.run is rank_run  # (its globals: not handed to another run meanwhile)
+        if ours and reinit in (None, "default", "return_previous"):
+            with contextlib.suppress(Exception):  # opening failed: W&B's own init decides
+                rank_run.wandb_run()
+        return _INIT(*args, **kwargs)
+
+    init.waits_for = rank_run  # type: ignore[attr-defined]
+    return init
 
 
 def restore_global(run: Any) -> None:
     """Hand the globals back to the run that held them before `run`, if it is still open."""
     previous = _previous_global.pop(id(run), None)
+    if getattr(wandb.init, "waits_for", None) is run:
+        wandb.init = _INIT
     if wandb.run is run:
         wandb_module.unset_globals()
     if previous is not None and wandb.run is None and not _finished(previous):

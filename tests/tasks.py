@@ -110,20 +110,30 @@ def flaky(steps: int = 3, fail_rank: int = 1, fail_after_s: float = 2.0, ckpt_di
     return restart
 
 
-def burst(rows: int = 200, first_step: int = 100, pause_s: float = 0.0) -> int:
+def burst(rows: int = 200, first_step: int = 100, pause_s: float = 0.0, user_init: bool = False) -> int:
     """Log `rows` rows at once from the first line, with explicit steps from `first_step`, then
     sleep `pause_s`; record whether the run was open when the function started, and when it returned.
+    With `user_init`, then call `wandb.init()` as code of its own would, log one more row through
+    what it returns, and record that run's id and whether the rank's run was open at the call.
     """
     info = get_distributed_info()
     rank = info["rank"] if info else 0
     run = get_wandb_run()
     opened_at_start = getattr(run, "is_open", True) if run is not None else None
+    more: dict[str, Any] = {}
     if run is not None:
         run.define_metric("value", summary="max")
         for i in range(rows):
             run.log({"value": i, "rank": rank}, step=first_step + i)
+        if user_init:
+            import wandb
+
+            more["opened_at_init"] = run.is_open
+            own = wandb.init(project="p")
+            own.log({"value": rows, "rank": rank}, step=first_step + rows)
+            more["user_init_id"] = own.id
     time.sleep(pause_s)
-    _record_facts(rank, run, info, opened_at_start=opened_at_start, returned_at=time.time())
+    _record_facts(rank, run, info, opened_at_start=opened_at_start, returned_at=time.time(), **more)
     return rows
 
 

@@ -38,6 +38,21 @@ def test_rows_logged_before_wandb_is_ready_are_written_in_order(tmp_path: Path, 
         assert run.summary["value"] == {"max": ROWS - 1}  # define_metric, queued first, applied
 
 
+def test_a_wandb_init_of_the_users_while_the_run_opens_gets_the_ranks_run(tmp_path: Path) -> None:
+    # as W&B answers once the run is open (Accelerate's tracker, code of one's own): no second run
+    result = launch(tmp_path, ONE_NODE, inputs={"rows": ROWS, "user_init": True}, function="burst")
+    assert result.errors == [], result.logs
+    for facts in result.facts.values():
+        assert facts["opened_at_init"] is False  # the call came while the rank's run opened
+        assert facts["user_init_id"] == facts["run_id"]
+    # no other run: no other run file (W&B's init, answering with the open run, still leaves a
+    # directory holding only its debug log, as it does for any rank whose run is already open)
+    assert len(result.runs) == 2 and len(list(tmp_path.glob("wandb/*run-*/run-*.wandb"))) == 2
+    for run in result.runs:
+        assert run.exit_code == 0
+        assert [(row["_step"], row["value"]) for row in run.rows] == [(100 + i, i) for i in range(ROWS + 1)]
+
+
 class BlackHole:
     """A TCP server on 127.0.0.1 that accepts connections and never answers: a W&B server that hangs."""
 
