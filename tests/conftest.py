@@ -459,7 +459,15 @@ def shared_wandb(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WandbServ
 
 @pytest.fixture
 def wandb_offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Offline W&B in this process, writing under a fresh temporary directory."""
+    """Offline W&B in this process, writing under a fresh temporary directory.
+
+    W&B reads the environment into its process-wide state once, when it is first used: an earlier
+    test of the same process (an online run, a `sync`) would leave its server and directory there.
+    That state is torn down first, so this test's W&B starts from this environment, as a process
+    of its own would.
+    """
+    if "wandb" in sys.modules:
+        sys.modules["wandb"].teardown()
     for key in [k for k in os.environ if k.startswith("WANDB_")]:
         monkeypatch.delenv(key)
     for key, value in wandb_env(tmp_path).items():
