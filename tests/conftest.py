@@ -97,6 +97,19 @@ def wandb_env(tmp: Path) -> dict[str, str]:
     return env
 
 
+def cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """`python -m flyte_wandb_elastic ARGS` with `env` over a clean environment (no WANDB_*)."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    return subprocess.run(
+        [sys.executable, "-m", "flyte_wandb_elastic", *args],
+        env={**clean, **env},
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
 def launch(
     tmp: Path,
     config: dict[str, Any],

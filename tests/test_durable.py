@@ -25,7 +25,7 @@ from flyte_wandb_elastic._persist import whole_records_end
 from flyte_wandb_elastic._planner import plan_rank
 from flyte_wandb_elastic._runfiles import read_run_file
 from flyte_wandb_elastic._topology import Topology
-from tests.conftest import REPO, Launch, kill_tree, launch, launch_clustered, launched_pids
+from tests.conftest import REPO, Launch, cli, kill_tree, launch, launch_clustered, launched_pids
 from tests.launcher import task_of
 from tests.serialize import links, serialize
 from tests.servers import ENTITY, S3Server, WandbServer
@@ -60,19 +60,6 @@ def run_job(
     if engine == "elastic":
         return launch(tmp, config, function="paced", **kwargs), base
     return launch_clustered(tmp, config, task="paced", **kwargs), base
-
-
-def cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    """`python -m flyte_wandb_elastic ARGS` with `env` over a clean environment (no WANDB_*)."""
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
-    return subprocess.run(
-        [sys.executable, "-m", "flyte_wandb_elastic", *args],
-        env={**clean, **env},
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
 
 
 def writers(job: Launch) -> dict[str, set[int]]:

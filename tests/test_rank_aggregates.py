@@ -25,7 +25,7 @@ from flyte_wandb_elastic._runfiles import iter_records, read_run_files
 from flyte_wandb_elastic._sync import rank_of
 from flyte_wandb_elastic._topology import Topology
 from flyte_wandb_elastic._wandb_load import wandb_load
-from tests.conftest import REPO, launch
+from tests.conftest import cli, launch
 from tests.servers import ENTITY, WandbServer
 
 PROJECT = "p"
@@ -121,18 +121,6 @@ for rank in range(3):
 """
 
 
-def _cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
-    return subprocess.run(
-        [sys.executable, "-m", "flyte_wandb_elastic", *args],
-        env={**clean, **env},
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-
-
 def test_sync_ranks_uploads_only_the_chosen_ranks_runs(tmp_path: Path, wandb_server: WandbServer) -> None:
     pod = tmp_path / "pod"
     env = {**os.environ, "WANDB_DIR": str(pod)}
@@ -145,7 +133,7 @@ def test_sync_ranks_uploads_only_the_chosen_ranks_runs(tmp_path: Path, wandb_ser
         parts.mkdir(parents=True)
         (parts / f"{0:015d}").write_bytes(log.read_bytes())
 
-    chosen = _cli("sync", "--ranks", "0,2", str(storage), env=wandb_server.env())
+    chosen = cli("sync", "--ranks", "0,2", str(storage), env=wandb_server.env())
     assert chosen.returncode == 0, chosen.stdout + chosen.stderr
     assert "2 synced, 0 already synced, 0 failed" in chosen.stdout
     assert [r["x"] for r in wandb_server.rows(PROJECT, "r0")] == [0, 1, 2, 3, 4]
@@ -153,14 +141,14 @@ def test_sync_ranks_uploads_only_the_chosen_ranks_runs(tmp_path: Path, wandb_ser
     assert wandb_server.rows(PROJECT, "r1") == [] and "r1" not in wandb_server.runs()
 
     # the rest later, and what was synced is not sent again
-    rest = _cli("sync", str(storage), env=wandb_server.env())
+    rest = cli("sync", str(storage), env=wandb_server.env())
     assert rest.returncode == 0, rest.stdout + rest.stderr
     assert "1 synced, 2 already synced, 0 failed" in rest.stdout
     assert [r["x"] for r in wandb_server.rows(PROJECT, "r1")] == [10, 11, 12, 13, 14]
 
-    none = _cli("sync", "--ranks", "5", str(storage), env=wandb_server.env())
+    none = cli("sync", "--ranks", "5", str(storage), env=wandb_server.env())
     assert none.returncode != 0 and "nothing is stored there for rank(s) 5" in none.stderr
-    bad = _cli("sync", "--ranks", "1,x", str(storage), env=wandb_server.env())
+    bad = cli("sync", "--ranks", "1,x", str(storage), env=wandb_server.env())
     assert bad.returncode == 2 and "'1,x' is not valid: expected global ranks separated by commas" in bad.stderr
 
 

@@ -15,7 +15,7 @@ import pytest
 
 from flyte_wandb_elastic._persist import RunFilesCopier
 from flyte_wandb_elastic._queued import QueuedCalls
-from tests.conftest import REPO
+from tests.conftest import cli
 from tests.servers import ENTITY, S3Server, WandbServer
 
 PROJECT = "p"
@@ -49,18 +49,6 @@ def store(run_dirs: list[Path], base: str, rank: int) -> None:
     """Copy run directories to storage as rank `rank`'s copier does at its end."""
     for run_dir in run_dirs:
         RunFilesCopier(run_dir, f"{base}/wandb/a0/rank-{rank}", interval_s=30).copy(final=True)
-
-
-def cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
-    return subprocess.run(
-        [sys.executable, "-m", "flyte_wandb_elastic", *args],
-        env={**clean, **env},
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
 
 
 def object_reads(s3: S3Server, since: int) -> list[str]:
