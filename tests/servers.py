@@ -408,7 +408,6 @@ class RateLimitingProxy:
         return False, capacity, recent[0] + window - now
 
     def _forward(self, handler: Any) -> None:
-        import http.client
         import math
 
         length = int(handler.headers.get("Content-Length") or 0)
@@ -437,33 +436,42 @@ class RateLimitingProxy:
                 handler.end_headers()
                 handler.wfile.write(payload)
                 return
-        target = urllib.parse.urlsplit(self.target_url)
-        conn = http.client.HTTPConnection(target.hostname or "127.0.0.1", target.port, timeout=60)
-        try:
-            headers = {k: v for k, v in handler.headers.items() if k.lower() not in ("host", "connection")}
-            conn.request(handler.command, handler.path, body=body or None, headers=headers)
-            response = conn.getresponse()
-            data = response.read()
-        except OSError:
-            handler.send_response(502)
-            handler.send_header("Content-Length", "0")
-            handler.end_headers()
-            return
-        finally:
-            conn.close()
-        if record is not None:
-            record.status = response.status
-            if kind == "creation" and response.status == 200:
+        headers = {k: v for k, v in handler.headers.items() if k.lower() not in ("host", "connection")}
+        status = _relay(handler, self.target_url, body, headers)
+        if record is not None and status is not None:
+            record.status = status
+            if kind == "creation" and status == 200:
                 with self._lock:
                     self.created.add((project or "", run or ""))
-        handler.send_response(response.status)
-        for name, value in response.getheaders():
-            if name.lower() not in ("transfer-encoding", "connection", "content-length"):
-                handler.send_header(name, value)
-        handler.send_header("Content-Length", str(len(data)))
+
+
+def _relay(handler: Any, target_url: str, body: bytes, headers: dict[str, str]) -> int | None:
+    """Send the request `handler` holds to `target_url` and its answer back; the answer's status
+    (`None` where the server could not be reached: the client gets a 502)."""
+    import http.client
+
+    target = urllib.parse.urlsplit(target_url)
+    conn = http.client.HTTPConnection(target.hostname or "127.0.0.1", target.port, timeout=60)
+    try:
+        conn.request(handler.command, handler.path, body=body or None, headers=headers)
+        response = conn.getresponse()
+        data = response.read()
+    except OSError:
+        handler.send_response(502)
+        handler.send_header("Content-Length", "0")
         handler.end_headers()
-        if handler.command != "HEAD":
-            handler.wfile.write(data)
+        return None
+    finally:
+        conn.close()
+    handler.send_response(response.status)
+    for name, value in response.getheaders():
+        if name.lower() not in ("transfer-encoding", "connection", "content-length"):
+            handler.send_header(name, value)
+    handler.send_header("Content-Length", str(len(data)))
+    handler.end_headers()
+    if handler.command != "HEAD":
+        handler.wfile.write(data)
+    return response.status
 
 
 @dataclass
@@ -588,7 +596,6 @@ class SlowDownProxy:
             handler.wfile.write(payload)
 
     def _serve(self, handler: Any) -> None:
-        import http.client
 
         length = int(handler.headers.get("Content-Length") or 0)
         body = handler.rfile.read(length) if length else b""
@@ -599,30 +606,9 @@ class SlowDownProxy:
         if not admitted:
             self._refuse(handler)
             return
-        target = urllib.parse.urlsplit(self.target_url)
-        conn = http.client.HTTPConnection(target.hostname or "127.0.0.1", target.port, timeout=60)
-        try:
-            # the Host header is kept: it is part of what the client signed
-            headers = {k: v for k, v in handler.headers.items() if k.lower() != "connection"}
-            conn.request(handler.command, handler.path, body=body or None, headers=headers)
-            response = conn.getresponse()
-            data = response.read()
-        except OSError:
-            handler.send_response(502)
-            handler.send_header("Content-Length", "0")
-            handler.end_headers()
-            return
-        finally:
-            conn.close()
-        record.status = response.status
-        handler.send_response(response.status)
-        for name, value in response.getheaders():
-            if name.lower() not in ("transfer-encoding", "connection", "content-length"):
-                handler.send_header(name, value)
-        handler.send_header("Content-Length", str(len(data)))
-        handler.end_headers()
-        if handler.command != "HEAD":
-            handler.wfile.write(data)
+        # the Host header is kept: it is part of what the client signed
+        headers = {k: v for k, v in handler.headers.items() if k.lower() != "connection"}
+        record.status = _relay(handler, self.target_url, body, headers)
 
 
 @dataclass
