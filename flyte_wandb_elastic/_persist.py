@@ -13,9 +13,14 @@ its offset to the end of the file at the time of the copy:
     <prefix>/<run dir>/run-<id>.wandb.parts/000000000004096   next copy: bytes 4096..m
 
 Every `COMPACT_PARTS` parts of a file are joined into one segment (`<start>-<end>`, sent from the
-pod's own file: no download), which the manifest names in their place; the parts are deleted one
-compaction later, when no reader can still hold a manifest that names them. So a copy holds at
-most `COMPACT_PARTS` parts of a file beside its segments, and each byte is sent at most twice.
+pod's own file: no download), which the manifest names in their place, beside the newest part
+until the file's next part (a reader that has read up to that part reads only it, not the
+segment); the parts are deleted `COMPACT_PARTS` copies after the manifest stopped naming them,
+when no reader can still hold a manifest that does. So a copy holds at most about
+`2 * COMPACT_PARTS` parts of a file beside its segments, and each byte is sent at most twice.
+Every `COMPACT_PARTS` segments, an index naming all the file's segments so far is written once
+(`index-<end>.json`), and the manifest names it in place of the segments (the index it replaces
+is deleted as parts are): the manifest stays the same size however long the job runs.
 Every other file is sent whole, when its size or modification time changed. W&B's own debug logs
 (`logs/debug*.log`), which hold no row, are sent only by the last copy (at the rank's end, whether
 it finished or failed). After each copy that sent something, the copy's manifest (see
@@ -31,8 +36,9 @@ and the manifest is written only after the objects it names. The last copy is tr
 its share of the end runs out; what it could not send is said in a warning (and stays on the
 pod's disk).
 
-`fetch_copies` reads the copies back whole (by their manifests, or for copies without one, by
-joining the parts).
+`find_copies` finds the copies under a URI by listings that do not grow with the job's length
+(the manifests folders, not the copies), and `fetch_copies` reads them back whole (by their
+manifests, or for copies without one, by joining the parts).
 
 Process: a rank's own process, in a thread of its own; `fetch_copies` wherever the copies are read.
 """
@@ -47,12 +53,12 @@ import re
 import shutil
 import threading
 import time
-from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from . import _storage
 from ._deadline import run_within
-from ._manifest import MANIFESTS, Manifest, Piece, manifest_uri, read_manifest
+from ._manifest import MANIFESTS, Manifest, Piece, index_json, index_pieces, manifest_uri, read_manifest
 from ._rank_run import lower_this_threads_priority
 
 logger = logging.getLogger("flyte_wandb_elastic")
@@ -60,8 +66,13 @@ logger = logging.getLogger("flyte_wandb_elastic")
 PARTS_SUFFIX = ".parts"
 # The record, beside a run directory's copy, that its rows are on a W&B server.
 SYNCED_MARKER = "flyte-wandb-synced.json"
+# The record, in the manifests folder beside a copy's manifest, that the copy is synced: a listing
+# of the manifests shows it (`<run dir>.synced`).
+SYNCED_SUFFIX = ".synced"
 # The name of a copied run directory: W&B's (`[offline-]run-<time>-<id>`) or the queued calls' (see `_queued`)
 _COPY_NAME = re.compile(r"^(?:offline-)?run-\d{8}_\d{6}-|^flyte-queued-")
+# The folder of one writer's copies (see `_planner.run_files_prefix`)
+_WRITER = re.compile(r"^rank-\d+$")
 DEFAULT_PERSIST_INTERVAL_S = 30.0
 # Write requests (PUTs, and deletes) a whole job may send to its storage per second by default: well
 # under a fresh bucket's rate (S3: 3,500 writes/s per prefix; GCS: about 1,000 writes/s per bucket).
@@ -116,6 +127,11 @@ class RunFilesCopier:
         self._sent_offsets: dict[Path, int] = {}
         self._sent_stamps: dict[Path, tuple[int, int]] = {}
         self._unsealed: dict[str, list[Piece]] = {}  # each file's parts not yet in a segment
+        # each file's newest part, named beside its new segment until the next copy, and the keys
+        # left out of the manifest that are deleted with it (its segment's other parts, an index)
+        self._lingering: dict[str, tuple[Piece, list[str]]] = {}
+        self._sealed: dict[str, list[Piece]] = {}  # each file's segments
+        self._indexed: dict[str, int] = {}  # how many of them the manifest's index names
         # parts in a segment, by the manifest version that first left them out: deleted once no
         # manifest of the last `COMPACT_PARTS` copies names them
         self._doomed: list[tuple[int, list[str]]] = []
@@ -153,6 +169,7 @@ class RunFilesCopier:
         whether everything was sent."""
         with self._lock:
             pieces = self._pieces_sent
+            self._leave_out_lingering()
             try:
                 # the rows first: a copy cut short (the end's share ran out) keeps them
                 for path in sorted(self._files(final), key=lambda path: (path.suffix != ".wandb", str(path))):
@@ -178,7 +195,7 @@ class RunFilesCopier:
 
     def _write_manifest(self, ended: bool) -> None:
         """Store the manifest of what was sent so far (its version counts only once stored)."""
-        stored = Manifest(self.manifest.files, self.manifest.copies + 1, ended)
+        stored = Manifest(self.manifest.files, self.manifest.indexes, self.manifest.copies + 1, ended)
         data = stored.to_json()
         _storage.put_bytes(manifest_uri(self.uri), data, self._calls)
         self.manifest.copies, self.manifest.ended = stored.copies, ended
@@ -243,7 +260,7 @@ class RunFilesCopier:
             if settle and outcome[0] and self._wait_until_quiet(min(SETTLE_S, timeout_s / 4)):
                 outcome[0] = copied()
             if outcome[0] and synced:
-                mark_synced(self.uri, "uploaded by the run itself", self._calls)
+                mark_synced(self.uri, "uploaded by the run itself", self._calls, manifest=True)
 
         try:
             finished = run_within(last, timeout_s, "flyte-wandb-elastic-last-copy")
@@ -267,7 +284,7 @@ class RunFilesCopier:
 
     def unsent(self) -> str:
         """What of the run's files the copy in storage lacks, in words (for a warning)."""
-        if not self._stored.files:
+        if not self._stored.files and not self._stored.indexes:
             return "no copy of it could be made: its rows are only on this pod's disk"
         short = []
         for path in self._files(final=False):
@@ -345,7 +362,9 @@ class RunFilesCopier:
     def _compact(self, path: Path, relative: str) -> None:
         """Join the file's unsealed parts into one segment, sent from the pod's own file (the same
         bytes: the file is only appended to). The manifest names the segment in their place from
-        this copy on; they are deleted at the next compaction."""
+        this copy on, and the newest part beside it until the file's next part (a reader that has
+        read up to that part reads it, not the segment); the parts are deleted `COMPACT_PARTS`
+        copies later (see `_delete_doomed`). Every `COMPACT_PARTS` segments, an index of them."""
         parts = self._unsealed[relative]
         start, end = parts[0].start, parts[-1].end
         with open(path, "rb") as f:
@@ -355,9 +374,39 @@ class RunFilesCopier:
         _storage.put_bytes(_storage.join(self.uri, segment.key), data, self._calls)
         del self._unsealed[relative]  # only once the segment is stored: else joined by a later copy
         self.bytes_sent += len(data)
-        keys = {p.key for p in parts}
+        keys = {p.key for p in parts[:-1]}
+        self._lingering[relative] = (parts[-1], sorted(keys))
         self.manifest.files[relative] = [p for p in self.manifest.files[relative] if p.key not in keys] + [segment]
-        self._doomed.append((self.manifest.copies + 1, sorted(keys)))
+        self._sealed.setdefault(relative, []).append(segment)
+        if len(self._sealed[relative]) - self._indexed.get(relative, 0) >= COMPACT_PARTS:
+            self._index(relative)
+
+    def _index(self, relative: str) -> None:
+        """Write an index of the file's segments so far (a new object, never rewritten), which the
+        manifest names in their place from this copy on; the index it replaces is deleted
+        `COMPACT_PARTS` copies later. The manifest then names at most `COMPACT_PARTS` segments and
+        about as many parts of each file, however long the job."""
+        segments = self._sealed[relative]
+        end = segments[-1].end
+        index = Piece(segments[0].start, end, f"{relative}{PARTS_SUFFIX}/index-{end:015d}.json")
+        data = index_json(segments)
+        _storage.put_bytes(_storage.join(self.uri, index.key), data, self._calls)
+        self._indexed[relative] = len(segments)  # only once the index is stored: else written by a later copy
+        self.bytes_sent += len(data)
+        keys = {s.key for s in segments}
+        self.manifest.files[relative] = [p for p in self.manifest.files[relative] if p.key not in keys]
+        replaced = self.manifest.indexes.get(relative)
+        self.manifest.indexes[relative] = index
+        if replaced is not None:  # deleted with the segment's parts
+            self._lingering[relative][1].append(replaced.key)
+
+    def _leave_out_lingering(self) -> None:
+        """Stop naming each file's newest part beside its segment (a copy later): from the next
+        manifest on, it is deleted with the segment's other parts (see `_delete_doomed`)."""
+        for relative, (part, keys) in self._lingering.items():
+            self.manifest.files[relative].remove(part)
+            self._doomed.append((self.manifest.copies + 1, [*keys, part.key]))
+        self._lingering.clear()
 
     def _delete_doomed(self) -> None:
         """Delete the parts that no manifest of the last `COMPACT_PARTS` copies names (in one request)."""
@@ -367,10 +416,13 @@ class RunFilesCopier:
             self._doomed = [entry for entry in self._doomed if entry not in due]
 
 
-def mark_synced(run_dir_uri: str, how: str, calls: _storage.Calls | None = None) -> None:
-    """Record, beside a run directory's copy, that its rows are on a W&B server."""
-    record = {"synced_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "how": how}
-    _storage.put_bytes(_storage.join(run_dir_uri, SYNCED_MARKER), json.dumps(record).encode(), calls)
+def mark_synced(run_dir_uri: str, how: str, calls: _storage.Calls | None = None, manifest: bool = False) -> None:
+    """Record, beside a run directory's copy, that its rows are on a W&B server; for a copy with a
+    manifest, in the manifests folder too, where the listing that finds the copy shows it."""
+    record = json.dumps({"synced_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "how": how}).encode()
+    _storage.put_bytes(_storage.join(run_dir_uri, SYNCED_MARKER), record, calls)
+    if manifest:
+        _storage.put_bytes(manifest_uri(run_dir_uri).removesuffix(".json") + SYNCED_SUFFIX, record, calls)
 
 
 def assemble(root: Path) -> None:
@@ -379,8 +431,8 @@ def assemble(root: Path) -> None:
 
     Parts (and segments, named `<start>-<end>`) are joined in offset order up to the first gap (a
     part whose upload never succeeded is retried under the same offset, so a gap means the copy
-    stopped there). A `.wandb` log ends at its last whole record: a copy taken while W&B was
-    writing one holds half of it, which W&B's own reader refuses.
+    stopped there); indexes are passed over. A `.wandb` log ends at its last whole record: a copy
+    taken while W&B was writing one holds half of it, which W&B's own reader refuses.
     """
     for parts in sorted(root.rglob("*" + PARTS_SUFFIX)):
         if not parts.is_dir():
@@ -389,7 +441,8 @@ def assemble(root: Path) -> None:
         pieces: list[tuple[int, int, Path]] = []
         for part in parts.iterdir():
             first, _, last = part.name.partition("-")
-            pieces.append((int(first), -int(last) if last else 0, part))
+            if first.isdigit() and (not last or last.isdigit()):
+                pieces.append((int(first), -int(last) if last else 0, part))
         with open(target, "wb") as out:
             for start, _, part in sorted(pieces):
                 if start > out.tell():
@@ -418,16 +471,137 @@ def whole_records_end(path: Path) -> int:
     return end
 
 
-def fetch_copies(uri: str, into: Path, keep: Callable[[str], bool] | None = None) -> Path:
+def is_copy_name(name: str) -> bool:
+    """Whether a folder named `name` is a copy: of a run directory (W&B's
+    `[offline-]run-<time>-<id>`) or of a file of queued calls (see `_queued`)."""
+    return _COPY_NAME.match(name) is not None
+
+
+@dataclass(frozen=True)
+class StoredCopy:
+    """One copy (of a run directory, or of a file of queued calls) found in storage.
+
+    Attributes:
+        path: Where it lies, relative to the URI searched (`.../rank-<r>/<run dir>`).
+        listed: For a copy without a manifest (an earlier version's): its objects, relative to
+            it, as listed; `None` for a copy read by its manifest.
+        synced: Whether the listings show it recorded as synced (see `read_synced` for the
+            records a listing of the manifests does not show).
+    """
+
+    path: str
+    listed: tuple[str, ...] | None = None
+    synced: bool = False
+
+
+def find_copies(uri: str) -> list[StoredCopy]:
+    """The copies stored under `uri`, found by listings that do not grow with the job's length.
+
+    `uri` is anything from a Flyte run's base directory (or `persist_to`) down to one writer's
+    folder (`rank-<r>`), local or remote. The folders above the copies are listed one level at a
+    time (a request per 1,000 entries); in a folder holding writers' folders (an action's), only
+    its `manifests` folder is listed whole (a request per 1,000 copies), never the copies, whose
+    parts and segments grow with the job. Only where no manifest lies is a copy listed whole: a
+    writer's folder that the manifests do not name at all (an earlier version's copies, or a
+    writer lost before its first manifest), or an action's folder with no `manifests` folder.
+
+    Raises:
+        FileNotFoundError: `uri` is a local path that does not exist.
+    """
+    if _storage.is_local(uri) and not Path(uri.removeprefix("file://")).exists():
+        raise FileNotFoundError(f"{uri}: no such directory")
+    found: list[StoredCopy] = []
+    folders = [""]
+    while folders:
+        folder = folders.pop(0)
+        names = _storage.list_folders(_storage.join(uri, folder))
+        if MANIFESTS in names or any(_WRITER.match(name) for name in names):
+            found += _in_action(uri, folder, names)
+        elif any(is_copy_name(name) for name in names):
+            found += _in_writer(uri, folder, [name for name in names if is_copy_name(name)])
+        else:
+            folders += [_storage.join(folder, name) for name in names]
+    return sorted(found, key=lambda copy: copy.path)
+
+
+def _in_action(uri: str, folder: str, names: list[str]) -> list[StoredCopy]:
+    """The copies in an action's folder (`<folder>/<writer>/<run dir>`, `<folder>/manifests/...`)."""
+    here = _storage.join(uri, folder)
+    if MANIFESTS not in names:  # an earlier version's: no manifest at all
+        return _listed_copies(folder, _storage.list_flat(here))
+    copies, synced = _by_manifests(_storage.list_flat(_storage.join(here, MANIFESTS)))
+    found = [StoredCopy(_storage.join(folder, c), synced=c in synced) for c in copies]
+    named = {c.partition("/")[0] for c in copies}
+    for writer in names:
+        if writer != MANIFESTS and writer not in named:
+            found += _listed_copies(_storage.join(folder, writer), _storage.list_flat(_storage.join(here, writer)))
+    return found
+
+
+def _in_writer(uri: str, folder: str, names: list[str]) -> list[StoredCopy]:
+    """The copies `names` in one writer's folder (its manifests lie in `../manifests/<writer>/`)."""
+    writer_uri = _storage.join(uri, folder)
+    root, _, writer = writer_uri.rstrip("/").rpartition("/")
+    copies, synced = _by_manifests(_storage.list_flat(_storage.join(root, MANIFESTS, writer)), depth=1)
+    found = []
+    for name in names:
+        if name in copies:
+            found.append(StoredCopy(_storage.join(folder, name), synced=name in synced))
+        elif listed := _storage.list_flat(_storage.join(writer_uri, name)):
+            found.append(StoredCopy(_storage.join(folder, name), tuple(sorted(listed)), SYNCED_MARKER in listed))
+    return found
+
+
+def _by_manifests(listed: dict[str, _storage.Listed], depth: int = 2) -> tuple[set[str], set[str]]:
+    """The copies a listing of a manifests folder names (`<writer>/<run dir>`, or at `depth` 1,
+    one writer's `<run dir>`), and those of them recorded as synced."""
+    copies, synced = set(), set()
+    for key in listed:
+        if key.count("/") != depth - 1:
+            continue
+        if key.endswith(".json"):
+            copies.add(key.removesuffix(".json"))
+        elif key.endswith(SYNCED_SUFFIX):
+            synced.add(key.removesuffix(SYNCED_SUFFIX))
+    return copies, synced & copies
+
+
+def _listed_copies(folder: str, listed: dict[str, _storage.Listed]) -> list[StoredCopy]:
+    """The copies without a manifest that a flat listing of `folder` shows, with their objects."""
+    objects: dict[str, list[str]] = {}
+    for key in listed:
+        names = key.split("/")
+        at = next((i for i, name in enumerate(names[:-1]) if is_copy_name(name)), None)
+        if at is not None and MANIFESTS not in names[:at]:
+            objects.setdefault("/".join(names[: at + 1]), []).append("/".join(names[at + 1 :]))
+    return [
+        StoredCopy(_storage.join(folder, copy), tuple(keys), SYNCED_MARKER in keys) for copy, keys in objects.items()
+    ]
+
+
+def read_synced(uri: str, copies: list[StoredCopy]) -> list[StoredCopy]:
+    """`copies`, each with a manifest and not shown as synced by the listings read for its record
+    beside it (one request a copy, in parallel): a copy synced before the manifests folder held
+    the records."""
+    unknown = [c for c in copies if c.listed is None and not c.synced]
+    found = _storage.read_many([_storage.join(uri, c.path, SYNCED_MARKER) for c in unknown])
+    return [
+        replace(c, synced=True) if c in unknown and found[_storage.join(uri, c.path, SYNCED_MARKER)] else c
+        for c in copies
+    ]
+
+
+def fetch_copies(uri: str, into: Path, copies: list[StoredCopy] | None = None) -> Path:
     """A local tree of the run directories stored under `uri`, their files whole.
 
     `uri` is a storage URI (`s3://...`) or a local directory: the run base directory of a Flyte
-    run, anything under it, or a plain `WANDB_DIR`. One flat listing finds the copies; each copy
-    with a manifest is read by it (the fewest objects that hold each file, in parallel), which a
-    copier writing meanwhile never leaves half done; a copy without one (an older version's) is
-    read whole and its parts joined. A local tree without copies is read in place; anything else is
-    written under `into` first, so the stored copies are never changed. With `keep`, only the
-    stored objects whose path (under `uri`) it keeps are fetched.
+    run, anything under it, or a plain `WANDB_DIR`. The copies are found by `find_copies` (or are
+    `copies`, found so). Each copy with a manifest is read by it (the fewest objects that hold each
+    file, in parallel: its manifest, then its indexes, then its pieces, a round each), which a
+    copier writing meanwhile never leaves half done; a copy without one (an earlier version's) is
+    read whole and its parts joined. A local tree without copies is read in place; anything else
+    is written under `into` first, so the stored copies are never changed. A copy's synced
+    record comes with it where `copies` says it is synced.
 
     Raises:
         FileNotFoundError: Nothing is stored under `uri`.
@@ -435,55 +609,63 @@ def fetch_copies(uri: str, into: Path, keep: Callable[[str], bool] | None = None
     local = Path(uri.removeprefix("file://")) if _storage.is_local(uri) else None
     if local is not None and not local.exists():
         raise FileNotFoundError(f"{uri}: no such directory")
-    listed = _storage.list_flat(uri)
-    if local is not None and not any(PARTS_SUFFIX + "/" in key for key in listed):
+    if local is not None and not any(p.is_dir() for p in local.rglob("*" + PARTS_SUFFIX)):
         return local  # a plain WANDB_DIR
-    if keep is not None:
-        listed = {key: entry for key, entry in listed.items() if keep(key)}
-    if not listed:
+    if copies is None:
+        copies = find_copies(uri)
+    if not copies:
         raise FileNotFoundError(f"{uri}: nothing is stored there")
     root = into / "copy"
-    copies: dict[str, list[str]] = {}
-    for key in listed:
-        names = key.split("/")
-        at = next((i for i, name in enumerate(names[:-1]) if _COPY_NAME.match(name)), None)
-        if at is not None and MANIFESTS not in names[:at]:
-            copies.setdefault("/".join(names[: at + 1]), []).append("/".join(names[at + 1 :]))
-    manifests = _storage.read_many([manifest_uri(_storage.join(uri, copy)) for copy in copies])
-    legacy: list[str] = []
-    by_manifest: dict[str, Manifest] = {}
-    for copy, keys in copies.items():
-        found = manifests[manifest_uri(_storage.join(uri, copy))]
-        if found is None:
-            legacy += [f"{copy}/{key}" for key in keys]
-        else:
-            by_manifest[copy] = Manifest.from_json(found)
-            legacy += [f"{copy}/{key}" for key in keys if key == SYNCED_MARKER]
-    _storage.download(uri, legacy, root)
-    _write_by_manifests(uri, by_manifest, root)
+    by_manifest = [c.path for c in copies if c.listed is None]
+    found = _storage.read_many([manifest_uri(_storage.join(uri, path)) for path in by_manifest])
+    manifests = {path: found[manifest_uri(_storage.join(uri, path))] for path in by_manifest}
+    gone = [path for path, data in manifests.items() if data is None]  # deleted since it was listed
+    listed = {path: list(_storage.list_flat(_storage.join(uri, path))) for path in gone}
+    objects = [f"{c.path}/{key}" for c in copies if c.listed is not None for key in c.listed]
+    objects += [f"{path}/{key}" for path, keys in listed.items() for key in keys]
+    objects += [f"{c.path}/{SYNCED_MARKER}" for c in copies if c.listed is None and c.synced]
+    _storage.download(uri, objects, root)
+    _write_by_manifests(uri, {path: Manifest.from_json(data) for path, data in manifests.items() if data}, root)
     assemble(root)
     return root
 
 
+def _plans(uri: str, manifests: dict[str, Manifest]) -> dict[str, dict[str, list[Piece]] | None]:
+    """For each copy, the pieces to read of each file from byte 0, its indexes read first (all in
+    one round); `None` for a copy whose index is gone (replaced meanwhile: read its manifest again)."""
+    indexes = [_storage.join(uri, copy, p.key) for copy, m in manifests.items() for p in m.indexes.values()]
+    found = _storage.read_many(indexes)
+    plans: dict[str, dict[str, list[Piece]] | None] = {}
+    for copy, m in manifests.items():
+        indexed = {name: found[_storage.join(uri, copy, p.key)] for name, p in m.indexes.items()}
+        if any(data is None for data in indexed.values()):
+            plans[copy] = None
+            continue
+        plans[copy] = {name: m.pieces_from(name, 0, index_pieces(indexed.get(name) or b"[]")) for name in m.names()}
+    return plans
+
+
 def _write_by_manifests(uri: str, manifests: dict[str, Manifest], root: Path) -> None:
-    """Write each copy's files under `root/<copy>` from the pieces its manifest names (a piece gone
-    meanwhile, compacted by a copier far ahead of this reader: its manifest is read again, once)."""
-    plans = {copy: {name: m.pieces_from(name, 0) for name in m.files} for copy, m in manifests.items()}
-    uris = [_storage.join(uri, copy, p.key) for copy, plan in plans.items() for ps in plan.values() for p in ps]
+    """Write each copy's files under `root/<copy>` from the pieces its manifest names (an index or
+    a piece gone meanwhile, deleted by a copier far ahead of this reader: its manifest is read
+    again, once)."""
+    plans = _plans(uri, manifests)
+    uris = [_storage.join(uri, copy, p.key) for copy, plan in plans.items() for ps in (plan or {}).values() for p in ps]
     contents = _storage.read_many(uris)
     for copy, plan in plans.items():
-        if any(contents[_storage.join(uri, copy, p.key)] is None for ps in plan.values() for p in ps):
+        if plan is None or any(contents[_storage.join(uri, copy, p.key)] is None for ps in plan.values() for p in ps):
             again = read_manifest(_storage.join(uri, copy))
             if again is not None:
-                plan = {name: again.pieces_from(name, 0) for name in again.files}
-                keys = [_storage.join(uri, copy, p.key) for ps in plan.values() for p in ps]
-                contents.update(_storage.read_many(keys))
-        for name, pieces in plan.items():
+                plan = _plans(uri, {copy: again})[copy]
+                if plan is not None:
+                    keys = [_storage.join(uri, copy, p.key) for ps in plan.values() for p in ps]
+                    contents.update(_storage.read_many(keys))
+        for name, pieces in (plan or {}).items():
             target = root / copy / name
             target.parent.mkdir(parents=True, exist_ok=True)
             with open(target, "wb") as out:
                 for piece in pieces:
-                    data = contents[_storage.join(uri, copy, piece.key)]
+                    data = contents.get(_storage.join(uri, copy, piece.key))
                     if data is None:
                         break  # stop at the gap
                     out.write(data[out.tell() - piece.start :])

@@ -5,7 +5,9 @@ Each rank's copies lie under `<action prefix>/rank-<r>/<run dir>/` (see `run_fil
 `<action prefix>/manifests/rank-<r>/<run dir>.json` (see `_persist`, `_manifest`).
 `StoredRuns.refresh()` lists the manifests folder (one request per 1,000 writers), reads only
 the manifests whose tag changed, then only the pieces of their logs it has not read yet (all of
-them in parallel), and parses only the records they complete. Each rank's writer keeps its row
+them in parallel; the newest, which the manifest names itself: an index of older segments is read
+first only by a reader that starts further back, such as a restarted rank 0's), and parses only
+the records they complete. Each rank's writer keeps its row
 count, the last value of each metric and bounded, downsampled curves, so the requests, work and
 memory of a refresh grow with what was logged since the last one, not with the run.
 
@@ -20,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import _storage
-from ._manifest import MANIFESTS, Manifest, Piece
+from ._manifest import MANIFESTS, Manifest, Piece, index_pieces
 from ._runfiles import (
     _HEADER,
     _MAGIC,
@@ -223,6 +225,7 @@ class StoredRuns:
         manifests = _storage.read_many(list(uris.values()), share=self.share)
         self.requests += len(uris)
         wanted: dict[tuple[int, str], tuple[str, list[Piece]]] = {}
+        behind: dict[tuple[int, str], tuple[str, Manifest, str, int, Piece]] = {}  # reading an index first
         for path, uri in uris.items():
             found, data = _MANIFEST.match(path), manifests[uri]
             if found is None or data is None:
@@ -233,8 +236,17 @@ class StoredRuns:
             cursor = self._cursors.get(key) or _Cursor()
             if log is None:  # nothing to read in it yet
                 self._tags[path] = changed[path]
+            elif (index := manifest.index_for(log, cursor.have)) is not None:
+                behind[key] = (path, manifest, log, cursor.have, index)
             else:
                 wanted[key] = (path, manifest.pieces_from(log, cursor.have))
+        if behind:
+            indexes = _storage.read_many([self._piece_uri(key, e[4]) for key, e in behind.items()], share=self.share)
+            self.requests += len(behind)
+            for key, (path, manifest, log, have, index) in behind.items():
+                data = indexes[self._piece_uri(key, index)]
+                if data is not None:  # else replaced meanwhile: read with the next refresh's manifest
+                    wanted[key] = (path, manifest.pieces_from(log, have, index_pieces(data)))
         pieces = [self._piece_uri(key, p) for key, (_, ps) in wanted.items() for p in ps]
         contents = _storage.read_many(pieces, share=self.share)
         self.requests += len(pieces)

@@ -10,9 +10,12 @@ online run whose upload finished in the pod is recorded so by the pod. `ranks` p
 the copies under their `rank-<r>` folders are fetched and uploaded (one rank's offline run, say,
 among thousands).
 
-What is read from storage grows with what is not synced yet: one flat listing of the URI shows
-which copies carry the synced record, and no object of those is read (except in a folder beside a
-file of queued calls that may need its writer's earlier starts, see `_queued_starts`).
+What is read from storage grows with what is not synced yet: the listings that find the copies
+(`_persist.find_copies`: the manifests folders, not the copies) show which carry the synced
+record, and no object of those is read (except in a folder beside a file of queued calls that may
+need its writer's earlier starts, see `_queued_starts`); a copy the listings do not show as synced
+is read for its record beside it first (one request). The same copies found are fetched: nothing
+is listed twice.
 
 Each start's upload creates at most one run on the server, and uploads begin at most
 `DEFAULT_RUN_CREATIONS_PER_S` (80) a second, W&B's limit of run creations per project
@@ -36,8 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import _storage
-from ._manifest import MANIFESTS
-from ._persist import _COPY_NAME, SYNCED_MARKER, fetch_copies, mark_synced, run_dirs
+from ._persist import SYNCED_MARKER, StoredCopy, fetch_copies, find_copies, mark_synced, read_synced, run_dirs
 from ._queued import PREFIX as QUEUED_PREFIX
 from ._queued import Queued, begun, its_start, queued_files, read_queued, unwritten, writers_starts
 from ._runfiles import iter_records, read_run_file
@@ -125,15 +127,17 @@ def sync(uri: str, parallel: int = DEFAULT_PARALLEL, ranks: Collection[int] | No
             return FileNotFoundError(f"{uri}: nothing is stored there")
         return FileNotFoundError(f"{uri}: nothing is stored there for rank(s) {_ranks_text(chosen)}")
 
-    listed = [key for key in _listing(uri) if kept(_storage.join(uri, key))]
-    if not listed:
+    copies = read_synced(uri, [c for c in find_copies(uri) if kept(_storage.join(uri, c.path))])
+    if not copies:
         raise missing()
-    passed = _synced_copies(listed)
-    wanted = {key for key in listed if _copy_of(key) not in passed}
+    passed = _synced_copies(copies)
+    wanted = [c for c in copies if c.path not in passed]
+    # where the synced record goes beside the manifest too (see `mark_synced`)
+    manifested = {_storage.join(uri, c.path) for c in copies if c.listed is None}
     with tempfile.TemporaryDirectory(prefix="flyte-wandb-elastic-sync-") as tmp:
         root: Path | None = None
-        if any(_copy_of(key) is not None for key in wanted):
-            root = fetch_copies(uri, Path(tmp), keep=wanted.__contains__)
+        if wanted:
+            root = fetch_copies(uri, Path(tmp), wanted)
         found = []
         if root is not None:
             found = [(d, _remote(uri, root, d), _writer(d)) for d in run_dirs(root)]
@@ -144,7 +148,7 @@ def sync(uri: str, parallel: int = DEFAULT_PARALLEL, ranks: Collection[int] | No
         report.skipped += skipped
         queued = []
         if root is not None:
-            queued = _queued_starts(root, uri, [d for d, _, _ in found], Path(tmp, "queued"), report)
+            queued = _queued_starts(root, uri, [d for d, _, _ in found], Path(tmp, "queued"), report, manifested)
             queued = [start for start in queued if kept(start[1])]
         starts: dict[str, list[tuple[Path, str]]] = {}
         for run_dir, remote, writer in sorted([*found, *queued], key=lambda start: _started(start[0])):
@@ -152,7 +156,7 @@ def sync(uri: str, parallel: int = DEFAULT_PARALLEL, ranks: Collection[int] | No
                 report.skipped.append(remote)
             else:
                 starts.setdefault(writer, []).append((run_dir, remote))
-        for remote, error in _upload(starts, parallel).items():
+        for remote, error in _upload(starts, parallel, manifested).items():
             if error == _EMPTY:
                 report.empty.append(remote)
             elif error is None or error == _UNENDED:
@@ -164,41 +168,22 @@ def sync(uri: str, parallel: int = DEFAULT_PARALLEL, ranks: Collection[int] | No
     return report
 
 
-def _listing(uri: str) -> list[str]:
-    """Every object stored under `uri`, by its path relative to it (one flat listing).
-
-    Raises:
-        FileNotFoundError: `uri` is a local path that does not exist.
-    """
-    if _storage.is_local(uri) and not Path(uri.removeprefix("file://")).exists():
-        raise FileNotFoundError(f"{uri}: no such directory")
-    return sorted(_storage.list_flat(uri))
-
-
-def _copy_of(key: str) -> str | None:
-    """The copy (a run directory's, or a file of queued calls') that the stored object `key` is part
-    of, as a path relative to the URI listed; `None` for anything else (a manifest, say)."""
-    names = key.split("/")
-    at = next((i for i, name in enumerate(names[:-1]) if _COPY_NAME.match(name)), None)
-    if at is None or MANIFESTS in names[:at]:
-        return None
-    return "/".join(names[: at + 1])
-
-
 def _relative(uri: str, remote: str) -> str:
     return remote.removeprefix(uri.rstrip("/")).lstrip("/")
 
 
-def _synced_copies(listed: list[str]) -> set[str]:
-    """The copies that a listing shows recorded as synced, none of whose objects `sync` needs.
+def _synced_copies(copies: list[StoredCopy]) -> set[str]:
+    """The copies recorded as synced, none of whose objects `sync` needs.
 
     A writer's file of queued calls not yet synced may need the run files of the writer's earlier
     starts (see `_queued_starts`): every copy in its folder is read then, synced or not.
     """
-    keys = set(listed)
-    copies = {copy for key in listed if (copy := _copy_of(key)) is not None}
-    synced = {copy for copy in copies if f"{copy}/{SYNCED_MARKER}" in keys}
-    waiting = {copy.rpartition("/")[0] for copy in copies - synced if copy.rpartition("/")[2].startswith(QUEUED_PREFIX)}
+    synced = {c.path for c in copies if c.synced}
+    waiting = {
+        c.path.rpartition("/")[0]
+        for c in copies
+        if not c.synced and c.path.rpartition("/")[2].startswith(QUEUED_PREFIX)
+    }
     return {copy for copy in synced if copy.rpartition("/")[0] not in waiting}
 
 
@@ -225,7 +210,7 @@ def _writer(run_dir: Path) -> str:
 
 
 def _queued_starts(
-    root: Path, uri: str, found: list[Path], into: Path, report: SyncReport
+    root: Path, uri: str, found: list[Path], into: Path, report: SyncReport, manifested: Collection[str]
 ) -> list[tuple[Path, str, str]]:
     """A run directory for each stored file of queued calls whose run lacks some (see `_queued`).
 
@@ -237,7 +222,10 @@ def _queued_starts(
     for path in queued_files(root):
         queued = read_queued(path)
         if _done(queued):  # recorded, so that the next `sync` need not read its folder
-            mark_synced(_remote(uri, root, queued.dir), "python -m flyte_wandb_elastic sync (its calls are in its run)")
+            remote = _remote(uri, root, queued.dir)
+            mark_synced(
+                remote, "python -m flyte_wandb_elastic sync (its calls are in its run)", None, remote in manifested
+            )
         key = (queued.dir.parent, str(queued.writer.get("id")), queued.writer.get("label"))
         writers.setdefault(key, []).append(queued)
     out: list[tuple[Path, str, str]] = []
@@ -299,7 +287,9 @@ def _remote(uri: str, root: Path, local: Path) -> str:
     return _storage.join(uri, local.relative_to(root).as_posix())
 
 
-def _upload(starts: dict[str, list[tuple[Path, str]]], parallel: int) -> dict[str, str | None]:
+def _upload(
+    starts: dict[str, list[tuple[Path, str]]], parallel: int, manifested: Collection[str]
+) -> dict[str, str | None]:
     """Upload `parallel` writers at a time, each writer's starts in order (once one fails, its later
     ones wait for the next `sync`); record each ended one as synced.
 
@@ -313,7 +303,8 @@ def _upload(starts: dict[str, list[tuple[Path, str]]], parallel: int) -> dict[st
         outcomes: list[tuple[str, str | None]] = []
         for run_dir, remote in its:
             failed = any(e not in (None, _UNENDED, _EMPTY) for _, e in outcomes)
-            outcomes.append((remote, _EARLIER_FAILED if failed else _upload_start(run_dir, remote, pace)))
+            done = _EARLIER_FAILED if failed else _upload_start(run_dir, remote, pace, remote in manifested)
+            outcomes.append((remote, done))
         return outcomes
 
     with ThreadPoolExecutor(max_workers=max(1, parallel)) as pool:
@@ -336,7 +327,7 @@ class _Pace:
         time.sleep(start - now)
 
 
-def _upload_start(run_dir: Path, remote: str, pace: _Pace) -> str | None:
+def _upload_start(run_dir: Path, remote: str, pace: _Pace, manifest: bool) -> str | None:
     """Upload one run directory with W&B's sync (in this process) and record it as synced if it ended.
 
     wandb-core marks each file it read to the end (`<file>.synced`) and reports what the server
@@ -369,7 +360,7 @@ def _upload_start(run_dir: Path, remote: str, pace: _Pace) -> str | None:
         return "W&B's sync did not finish it"
     if not _ended(run_dir):
         return _UNENDED
-    mark_synced(remote, "python -m flyte_wandb_elastic sync")
+    mark_synced(remote, "python -m flyte_wandb_elastic sync", manifest=manifest)
     return None
 
 

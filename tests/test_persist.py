@@ -4,6 +4,7 @@ read back whole. A real offline W&B run, copied through Flyte's storage layer to
 from __future__ import annotations
 
 import os
+import shutil
 import threading
 import time
 from pathlib import Path
@@ -11,8 +12,10 @@ from pathlib import Path
 import pytest
 import wandb
 
-from flyte_wandb_elastic._persist import SYNCED_MARKER, RunFilesCopier, fetch_copies
+from flyte_wandb_elastic._manifest import MANIFESTS
+from flyte_wandb_elastic._persist import COMPACT_PARTS, SYNCED_MARKER, RunFilesCopier, fetch_copies
 from flyte_wandb_elastic._runfiles import read_run_files
+from flyte_wandb_elastic._stored_runs import StoredRuns
 from tests.servers import S3Server
 
 
@@ -40,6 +43,35 @@ def test_each_copy_sends_only_what_is_new_and_the_copies_read_back_whole(wandb_o
     assert (wandb_offline / "storage" / "rank-0" / Path(run.settings.sync_dir).name / SYNCED_MARKER).exists()
     # the copies in storage are left as they were (parts, not joined files)
     assert not list((wandb_offline / "storage").rglob("run-*.wandb"))
+
+
+def test_a_long_copy_reads_back_whole_by_its_index_and_without_its_manifest(wandb_offline: Path) -> None:
+    """A real log copied over more than COMPACT_PARTS**2 copies (its segments in an index) to a
+    local directory: `inspect`'s reader and a report reader starting from the beginning get every
+    row back through the index, and so does the reader of copies without a manifest (an earlier
+    version's), which passes over the index."""
+    run = wandb.init(project="p", id="long")
+    for i in range(3000):
+        run.log({"row": i})
+    run.finish()
+    whole = next(Path(run.settings.sync_dir).glob("run-*.wandb")).read_bytes()
+    pod = wandb_offline / "pod" / Path(run.settings.sync_dir).name
+    pod.mkdir(parents=True)
+    storage = wandb_offline / "storage" / "wandb" / "a0"
+    copier = RunFilesCopier(pod, str(storage / "rank-0"), interval_s=3600)
+    copies = COMPACT_PARTS**2 + COMPACT_PARTS + 3
+    for k in range(1, copies + 1):
+        (pod / "run-long.wandb").write_bytes(whole[: len(whole) * k // copies])
+        assert copier.copy()
+    assert list(storage.rglob("index-*.json"))
+    [back] = read_run_files(fetch_copies(str(wandb_offline / "storage"), wandb_offline / "read"))
+    assert [row["row"] for row in back.rows] == list(range(3000))
+    report = StoredRuns(str(storage))
+    report.refresh()
+    assert report.writers[0].rows == 3000 and report.bytes_read == len(whole)
+    shutil.rmtree(storage / MANIFESTS)
+    [legacy] = read_run_files(fetch_copies(str(wandb_offline / "storage"), wandb_offline / "legacy"))
+    assert [row["row"] for row in legacy.rows] == list(range(3000))
 
 
 @pytest.mark.exclusive

@@ -7,6 +7,7 @@ the readers of the report tab, `sync` and `inspect`; and one real 2 x 2 launch w
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -18,7 +19,7 @@ import pytest
 import wandb
 
 from flyte_wandb_elastic import _storage
-from flyte_wandb_elastic._manifest import MANIFESTS
+from flyte_wandb_elastic._manifest import MANIFESTS, manifest_uri
 from flyte_wandb_elastic._persist import (
     COMPACT_PARTS,
     DEFAULT_PERSIST_INTERVAL_S,
@@ -27,6 +28,7 @@ from flyte_wandb_elastic._persist import (
     RunFilesCopier,
     default_persist_interval,
     fetch_copies,
+    find_copies,
 )
 from flyte_wandb_elastic._runfiles import _HEADER, parse_records, read_run_file, read_run_files
 from flyte_wandb_elastic._stored_runs import StoredRuns
@@ -121,7 +123,8 @@ def test_a_copy_sends_rows_every_interval_and_debug_logs_only_at_the_end(wandb_o
 def test_requests_and_objects_do_not_grow_with_the_job(written: Path, tmp_path: Path, s3_env: S3Server) -> None:
     """A log grown over 5 x COMPACT_PARTS copies: each copy and each refresh costs the same late in
     the job as early, the copy holds a bounded number of objects besides its segments, bytes sent
-    stay within twice the log, and `inspect`'s reader gets every row back."""
+    stay within twice the log, and `inspect`'s reader gets every row back, listing as much as it
+    did after the first copy."""
     s3 = s3_env
     whole = written.read_bytes()
     run_dir, log = _growing(written, tmp_path)
@@ -139,6 +142,10 @@ def test_requests_and_objects_do_not_grow_with_the_job(written: Path, tmp_path: 
         mark = len(s3.requests())
         stored.refresh()
         per_refresh.append(_kinds(_requests_since(s3, mark)))
+        if k == 1:  # `inspect`'s reader early on (not counted above)
+            mark = len(s3.requests())
+            fetch_copies(s3.uri("grow"), tmp_path / "early")
+            early = _kinds(_requests_since(s3, mark))
     # a copy: one part and the manifest, and at each compaction a segment (and later a delete)
     assert {c.get("PUT", 0) for c in per_copy} <= {2, 3}, per_copy
     assert all(c.get("LIST", 0) == 0 and c.get("GET", 0) == 0 for c in per_copy)
@@ -161,20 +168,91 @@ def test_requests_and_objects_do_not_grow_with_the_job(written: Path, tmp_path: 
     mark = len(s3.requests())
     [back] = read_run_files(fetch_copies(s3.uri("grow"), tmp_path / "read"))
     reads = _kinds(_requests_since(s3, mark))
-    assert reads.get("LIST") == 1 and reads.get("GET", 0) <= 1 + len(segments) + COMPACT_PARTS, reads
+    # its listings: one a level down to the action's folder (grow/, wandb/, a0/), then its manifests
+    assert reads.get("LIST") == early.get("LIST") == 4, (early, reads)
+    assert reads.get("GET", 0) <= 1 + len(segments) + COMPACT_PARTS, reads
     assert back.rows == read_run_file(written).rows
 
 
-def test_readers_never_see_a_half_compacted_copy(written: Path, tmp_path: Path, s3_env: S3Server) -> None:
-    """While a copier copies and compacts as fast as it can, the report's reader and `inspect`'s
+def test_over_many_index_cycles_manifests_refreshes_and_listings_stay_the_same(
+    written: Path, tmp_path: Path, s3_env: S3Server
+) -> None:
+    """A log grown over 2 x COMPACT_PARTS**2 copies and more, so that its segments go into an index
+    twice: the manifest, rewritten every copy, is no bigger in the second index cycle than in the
+    first but for naming its index; every refresh reads exactly the bytes written since the last
+    copy (at a compaction, the new part, not the segment); `inspect`'s reader gets the file back
+    from byte 0 equal to what was written, listing no more than after the first copy and never a
+    copy's own objects, reading the index and then every piece; a report reader that starts over
+    at the end (a restarted rank 0) reads every row through the index."""
+    s3 = s3_env
+    whole = written.read_bytes()
+    run_dir, log = _growing(written, tmp_path)
+    prefix = s3.uri("long", "wandb", "a0")
+    copier = RunFilesCopier(run_dir, f"{prefix}/rank-0", interval_s=3600)
+    stored = StoredRuns(prefix)
+    cycle = COMPACT_PARTS**2  # copies per index
+    copies = 2 * cycle + 2 * COMPACT_PARTS
+    sizes: dict[int, int] = {}  # the manifest's size before each compaction (its most pieces)
+    named: list[int] = []  # pieces the manifest names then
+    for k in range(1, copies + 1):
+        log.write_bytes(whole[: len(whole) * k // copies])
+        assert copier.copy()
+        mark, read = len(s3.requests()), stored.bytes_read
+        stored.refresh()
+        requests = _requests_since(s3, mark)
+        if k > 1:
+            assert _kinds(requests) == {"LIST": 1, "GET": 2}, (k, requests)
+            assert stored.bytes_read - read == len(whole) * k // copies - len(whole) * (k - 1) // copies, k
+        if k % COMPACT_PARTS == COMPACT_PARTS - 1:
+            data = _storage.read_bytes(manifest_uri(copier.uri))
+            assert data is not None
+            sizes[k] = len(data)
+            named.append(sum(len(pieces) for pieces in json.loads(data)["files"].values()))
+        if k == 1:  # reading one writer's copy back, early on
+            mark = len(s3.requests())
+            fetch_copies(
+                s3.uri("long"), tmp_path / "early", [c for c in find_copies(s3.uri("long")) if "/rank-0/" in c.path]
+            )
+            early = _kinds(_requests_since(s3, mark))
+    # the same at the same phase of the index cycle, but for the index's name (and longer offsets)
+    first, second = (max(size for k, size in sizes.items() if i * cycle < k <= (i + 1) * cycle) for i in range(2))
+    assert second <= first + 150, (first, second)
+    assert max(sizes[k] for k in sizes if k > 2 * cycle) <= max(sizes[k] for k in sizes if cycle < k <= cycle + 32)
+    assert max(named) <= 2 * COMPACT_PARTS + 1, max(named)
+    indexes = [k for k in s3.list_keys("long/wandb/a0/rank-0/") if "/index-" in k]
+    assert len(indexes) == 1  # the one it replaced is deleted COMPACT_PARTS copies later
+    # the whole file back from byte 0
+    mark = len(s3.requests())
+    copy = [c for c in find_copies(s3.uri("long")) if "/rank-0/" in c.path]
+    root = fetch_copies(s3.uri("long"), tmp_path / "read", copy)
+    late = _requests_since(s3, mark)
+    assert (root / copy[0].path / written.name).read_bytes() == whole
+    assert _kinds(late)["LIST"] == early["LIST"] == 4, (early, _kinds(late))
+    assert not [r for r in late if r.is_list and "/rank-0/" in r.query["prefix"][0]], late
+    segments = copies // COMPACT_PARTS
+    assert _kinds(late)["GET"] <= 2 + segments + 1, _kinds(late)  # manifest, index, segments, newest part
+    assert [r.path for r in late if "/index-" in r.path] == [f"/{s3.bucket}/{indexes[-1]}"]
+    # a reader from the start, through the index
+    mark = len(s3.requests())
+    again = StoredRuns(prefix)
+    again.refresh()
+    assert again.writers[0].rows == stored.writers[0].rows == ROWS
+    assert again.bytes_read == len(whole)
+    assert _kinds(_requests_since(s3, mark)) == {"LIST": 1, "GET": 2 + segments}  # manifest, index, segments
+
+
+@pytest.mark.parametrize("cycles", [6, COMPACT_PARTS + 2])
+def test_readers_never_see_a_half_compacted_copy(written: Path, tmp_path: Path, s3_env: S3Server, cycles: int) -> None:
+    """While a copier copies and compacts as fast as it can (`cycles` compactions: with
+    COMPACT_PARTS or more, its segments go into an index too), the report's reader and `inspect`'s
     read the same copy over and over: every read is whole (rows 0..n in order, never fewer than the
     last read's) and never fails."""
     s3 = s3_env
     whole = written.read_bytes()
     run_dir, log = _growing(written, tmp_path)
-    prefix = s3.uri("race", "wandb", "a0")
+    prefix = s3.uri(f"race{cycles}", "wandb", "a0")
     copier = RunFilesCopier(run_dir, f"{prefix}/rank-0", interval_s=3600)
-    copies = 6 * COMPACT_PARTS
+    copies = cycles * COMPACT_PARTS
     done = threading.Event()
     errors: list[BaseException] = []
     # the rows whole in each slice: what a read begun after that slice's copy must hold at least
@@ -218,7 +296,7 @@ def test_readers_never_see_a_half_compacted_copy(written: Path, tmp_path: Path, 
     while not done.is_set() or n == 0:
         into = tmp_path / f"read-{n}"
         before = copied[-1]
-        runs = read_run_files(fetch_copies(s3.uri("race"), into))
+        runs = read_run_files(fetch_copies(s3.uri(f"race{cycles}"), into))
         rows = [r["row"] for r in runs[0].rows] if runs else []
         assert rows == list(range(len(rows)))  # whole: no gap, no doubled row
         assert len(rows) >= before  # every row copied before the read began
@@ -229,9 +307,10 @@ def test_readers_never_see_a_half_compacted_copy(written: Path, tmp_path: Path, 
     assert errors == []
     assert seen_inspect == sorted(seen_inspect) and seen_report == sorted(seen_report)
     assert seen_report[-1] == ROWS and len(seen_inspect) >= 3
-    keys = s3.list_keys("race/wandb/a0/rank-0/")
+    keys = s3.list_keys(f"race{cycles}/wandb/a0/rank-0/")
     assert [k for k in keys if k.rsplit("/", 1)[-1].count("-") == 1]  # it did compact meanwhile
-    assert [k for k in s3.list_keys("race/wandb/a0/") if f"/{MANIFESTS}/" in f"/{k}"]
+    assert bool([k for k in keys if "/index-" in k]) == (cycles >= COMPACT_PARTS)  # and write an index
+    assert [k for k in s3.list_keys(f"race{cycles}/wandb/a0/") if f"/{MANIFESTS}/" in f"/{k}"]
 
 
 @pytest.mark.launch
