@@ -259,6 +259,11 @@ def storage_over_a_day(ranks: int, writers: int, hours: float, row_s: float) -> 
         ("manifest_bytes", "manifest bytes"),
     ):
         row(label, f"{first['stored'][key]:,.0f}", f"{last['stored'][key]:,.0f}")
+    row(
+        f"manifest bytes over the last {2 * CYCLE} copies: mean, largest",
+        f"{first['manifest_window']['mean']:,.0f}, {first['manifest_window']['max']:,}",
+        f"{last['manifest_window']['mean']:,.0f}, {last['manifest_window']['max']:,}",
+    )
     for key in ("bytes_stored", "bytes_sent"):
         row(
             f"{key.replace('_', ' ')} / bytes written",
@@ -276,7 +281,7 @@ def storage_over_a_day(ranks: int, writers: int, hours: float, row_s: float) -> 
         _tab(last["tab"]),
     )
     row(
-        "one writer's copy read back whole (`fetch_copies`, as `inspect` and `sync --ranks` read)",
+        "one writer's copy read back whole (`find_copies`, `fetch_copies`, as `sync --ranks` reads)",
         f"{said(first['fetch_one']['requests'])}; {first['fetch_one']['s']:.1f} s",
         f"{said(last['fetch_one']['requests'])}; {last['fetch_one']['s']:.1f} s",
     )
@@ -288,10 +293,14 @@ def storage_over_a_day(ranks: int, writers: int, hours: float, row_s: float) -> 
         f"{end['bytes_sent'] / end['bytes_written']:.2f}x the bytes written; the reader holds "
         f"{end['rows_read']:,} of {end['rows_written']:,} rows. Bytes a refresh of every writer read over "
         f"the day: {read['min'] / writers:,.0f} to {read['max'] / writers:,.0f} per writer "
-        f"(mean {read['mean'] / writers:,.0f}). Asserted: every copy of the last {2 * CYCLE} made the "
-        f"requests of hour 1's copy of the same phase of the compaction cycle; every refresh costs 1 "
-        f"LIST and 2 GETs per changed writer, the same at both hours and at every interval between; "
-        f"the reader holds every row copied, at both hours and at the end."
+        f"(mean {read['mean'] / writers:,.0f}). Index PUTs in the day: {day['index_puts']} (one per "
+        f"{CYCLE * CYCLE} copies of each appended file). Asserted: every copy of the last {2 * CYCLE} made the "
+        f"requests of hour 1's copy of the same phase of the compaction cycle (an index's PUT apart); "
+        f"every refresh costs 1 LIST and 2 GETs per changed writer, the same at both hours and at every "
+        f"interval between, and reads exactly the log bytes copied since the last one; the manifest is at "
+        f"most 1.5x its hour-1 size at the last hour; bytes sent are at most 2.1x those written; reading "
+        f"one writer's copy back lists as much at both hours; the reader holds every row copied, at both "
+        f"hours and at the end."
     )
     per_copy = last["copy_window"]
     puts, deletes = per_copy.get("PUT", 0.0), per_copy.get("DELETE", 0.0)
@@ -312,6 +321,10 @@ def storage_over_a_day(ranks: int, writers: int, hours: float, row_s: float) -> 
     print(f"| a refresh, every writer changed | {lists} LIST ({ranks:,} manifests, 1,000 a page), {gets:,.0f} GET |")
     print(f"| a refresh, none changed | {lists} LIST |")
     print(f"| the tab ({ranks:,} writers): size, build (CPU) | {_tab(last['tab'])} |")
+    print(
+        f"| one rank's copy read back ({names[1]}), from the action's folder | {2 * lists} LIST (its folders "
+        f"and its manifests, 1,000 a page), {last['fetch_one']['requests']['GET']} GET (its manifest, index, pieces) |"
+    )
     print(
         "\nSeconds of a refresh at full size: `bench_refresh_at_scale.py` (8,192 writers on this S3 server); "
         "sync runs/s: `bench_sync.py`."

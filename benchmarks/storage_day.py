@@ -15,11 +15,18 @@ refresh's.
 Measured at hour 1 and at hour 24, and compared (the run fails loudly where they differ):
 
 - each copy's requests by kind, over the last 32 copies of the hour (two compaction cycles), copy
-  by copy against the copy of the same phase of the 16-copy cycle in hour 1;
+  by copy against the copy of the same phase of the 16-copy cycle in hour 1 (an index's PUT, once
+  per 256 copies of a file, counted apart);
+- the manifest's size over the same copies (asserted: at hour 24 within 1.5x of hour 1's, and at
+  every copy of the day naming at most 2 x 16 + 1 pieces and one index per file);
 - a refresh after every sample writer copied, one with none changed, and ones with half of them
-  changed;
+  changed; every refresh of the day is asserted to read exactly the log bytes copied since the
+  last one (the new parts, never a whole segment);
 - objects per run (under the writer's prefix, and its manifest) and bytes stored, sent and
-  written, by a listing the counts leave out; the rows the reader holds (asserted: every row copied).
+  written, by a listing the counts leave out (asserted: sent at most 2.1x written at hour 24);
+  the rows the reader holds (asserted: every row copied);
+- one writer's copy read back whole as `inspect` and `sync --ranks` read it (`find_copies`, then
+  `fetch_copies` of that rank's copy): asserted to make the same LIST requests at both hours.
 
 Then the day at the job's full size: the per-copy and per-refresh counts scaled to every writer.
 """
@@ -63,12 +70,18 @@ class AccessLog:
         return out
 
 
+INDEX_PUT = "PUT (index)"  # an index's PUT (see `_manifest`): once per 256 copies of a file
+
+
 def kinds(requests: list[S3Request]) -> Counter[str]:
-    """Requests by kind: LIST (a listing of the bucket), DELETE (S3's batched delete), else the method."""
+    """Requests by kind: LIST (a listing of the bucket), DELETE (S3's batched delete), an index's
+    PUT, else the method."""
     out: Counter[str] = Counter()
     for r in requests:
         if r.method == "GET" and r.path.rstrip("/").count("/") == 1 and any(k.startswith("list-type") for k in r.query):
             out["LIST"] += 1
+        elif r.method == "PUT" and "/index-" in r.path:
+            out[INDEX_PUT] += 1
         elif r.method == "POST" and any(k.startswith("delete") for k in r.query):
             out["DELETE"] += 1
         else:
@@ -139,6 +152,8 @@ class SampleWriter:
     copier: Any
     sizes: dict[str, int] = field(default_factory=dict)
     copies: list[Counter[str]] = field(default_factory=list)  # each copy's requests
+    manifests: list[int] = field(default_factory=list)  # the manifest's size after each copy
+    log_copied: int = 0  # bytes of the `.wandb` log copied so far
 
     def grow(self, files: dict[str, bytes]) -> None:
         """Append to each file what it gained (as W&B appends), or write it whole where it is new."""
@@ -156,6 +171,12 @@ class SampleWriter:
         if not self.copier.copy(final=final):
             raise AssertionError(f"copy {len(self.copies) + 1} of writer {self.rank} failed")
         self.copies.append(kinds(log.new()))
+        manifest = self.copier.manifest
+        self.manifests.append(len(manifest.to_json()))
+        self.log_copied = sum(size for name, size in self.sizes.items() if name.endswith(".wandb"))
+        for name, pieces in manifest.files.items():
+            if len(pieces) > 2 * CYCLE + 1:
+                raise AssertionError(f"copy {len(self.copies)} of writer {self.rank}: {len(pieces)} pieces of {name}")
 
 
 def storage_day(ranks: int, writers: int, hours: float, row_s: float, progress: bool = True) -> dict[str, Any]:
@@ -220,6 +241,8 @@ def _day(
     stored = StoredRuns(prefix)
     refreshes: list[dict[str, Any]] = []  # every refresh: its interval, what changed, requests, seconds
 
+    copied_then = [0]  # log bytes the sample had copied at the last refresh
+
     def refresh(k: int, changed: int) -> dict[str, Any]:
         log.new()
         read, started = stored.bytes_read, time.perf_counter()
@@ -227,6 +250,8 @@ def _day(
         seconds = time.perf_counter() - started
         entry = {"copy": k, "changed": changed, "requests": kinds(log.new()), "s": seconds}
         entry["bytes_read"] = stored.bytes_read - read
+        copied = sum(w.log_copied for w in sample)
+        entry["bytes_copied"], copied_then[0] = copied - copied_then[0], copied
         refreshes.append(entry)
         return entry
 
@@ -271,6 +296,7 @@ def _day(
                 w.copy(log)
             rest = refresh(k, n - half)
             at[marks[k]].update(half=some, rest=rest, stored=stored_now(rows_at[k]), copy_window=_window(sample, k))
+            at[marks[k]]["manifest_window"] = _manifest_window(sample, k)
             at[marks[k]]["tab"] = tab_at_scale(stored, ranks, interval)
             at[marks[k]]["fetch_one"] = fetch_one(log, prefix, tmp / f"fetched-{k}")
         else:
@@ -291,6 +317,7 @@ def _day(
     result["fetch_one_end"] = result_fetch
     steady = [r["bytes_read"] for r in refreshes[1:] if r["changed"] == n and r["copy"] <= copies]
     result["bytes_read_per_refresh"] = {"min": min(steady), "mean": sum(steady) / len(steady), "max": max(steady)}
+    result["index_puts"] = sum(c[INDEX_PUT] for w in sample for c in w.copies)
     result["first_copy"] = said(sum((w.copies[0] for w in sample), Counter()))
     _check(sample, refreshes, at, hour1, copies, n)
     for when, held in [*((name, a["stored"]) for name, a in at.items()), ("the end", end)]:
@@ -308,6 +335,16 @@ def _window(sample: list[SampleWriter], k: int) -> dict[str, float]:
     return {kind: count / (2 * CYCLE * len(sample)) for kind, count in total.items()}
 
 
+def _manifest_window(sample: list[SampleWriter], k: int) -> dict[str, float]:
+    """The manifest's size over copies k-31..k of every sample writer: mean and largest."""
+    sizes = [size for w in sample for size in w.manifests[k - 2 * CYCLE : k]]
+    return {"mean": sum(sizes) / len(sizes), "max": max(sizes)}
+
+
+def _without_index(requests: Counter[str]) -> Counter[str]:
+    return Counter({kind: count for kind, count in requests.items() if kind != INDEX_PUT})
+
+
 def _check(
     sample: list[SampleWriter],
     refreshes: list[dict[str, Any]],
@@ -321,7 +358,7 @@ def _check(
         for c in range(copies - 2 * CYCLE + 1, copies + 1):
             same = c - CYCLE * math.ceil((c - hour1) / CYCLE)  # the copy of the same phase in hour 1
             assert 2 * CYCLE < same <= hour1
-            if w.copies[c - 1] != w.copies[same - 1]:
+            if _without_index(w.copies[c - 1]) != _without_index(w.copies[same - 1]):
                 raise AssertionError(
                     f"writer {w.rank}'s copy {c} made {said(w.copies[c - 1])}; copy {same} "
                     f"(hour 1, same phase of the compaction cycle) made {said(w.copies[same - 1])}"
@@ -333,8 +370,34 @@ def _check(
                 f"a refresh ({case} changed) made {said(first[case]['requests'])} at hour 1, "
                 f"{said(last[case]['requests'])} at the last hour"
             )
-    if first["copy_window"] != last["copy_window"]:
+
+    def plain(window: dict[str, float]) -> dict[str, float]:
+        return {kind: count for kind, count in window.items() if kind != INDEX_PUT}
+
+    if plain(first["copy_window"]) != plain(last["copy_window"]):
         raise AssertionError(f"requests per copy: {first['copy_window']} at hour 1, {last['copy_window']} at the end")
+    # an index is written only every CYCLE segments of a file: every CYCLE**2 copies
+    for w in sample:
+        at_index = [c for c, requests in enumerate(w.copies[:copies], 1) if requests[INDEX_PUT]]
+        if any(c % CYCLE**2 for c in at_index) or len(at_index) != copies // CYCLE**2:
+            raise AssertionError(f"writer {w.rank} wrote indexes at copies {at_index}")
+    # the manifest: about the same size at the last hour as at hour 1
+    if last["manifest_window"]["max"] > 1.5 * first["manifest_window"]["max"]:
+        raise AssertionError(
+            f"the manifest: {first['manifest_window']} at hour 1, {last['manifest_window']} at the end"
+        )
+    # every refresh reads the log bytes copied since the last one, no more (no whole segment)
+    for r in refreshes:
+        if r["bytes_read"] != r["bytes_copied"]:
+            raise AssertionError(f"the refresh after copy {r['copy']} read {r['bytes_read']:,} bytes of "
+                                 f"{r['bytes_copied']:,} copied since the last one")  # fmt: skip
+    # bytes sent: each byte about twice (a part, a segment), the manifests and indexes little more
+    held = last["stored"]
+    if held["bytes_sent"] > 2.1 * held["bytes_written"]:
+        raise AssertionError(f"sent {held['bytes_sent']:,} bytes for {held['bytes_written']:,} written")
+    # reading one writer's copy back lists as much at the last hour as at hour 1
+    if first["fetch_one"]["requests"]["LIST"] != last["fetch_one"]["requests"]["LIST"]:
+        raise AssertionError(f"reading one copy: {first['fetch_one']} at hour 1, {last['fetch_one']} at the end")
     # every refresh of the day whose writers each copied once costs the same, apart from the first
     # (it reads each writer's first part and `requirements.txt`'s copy is not read at all)
     steady = [r for r in refreshes[1:] if r["changed"] == n and r["copy"] <= copies]
@@ -383,15 +446,16 @@ def tab_at_scale(stored: Any, ranks: int, interval: float) -> dict[str, Any]:
 
 
 def fetch_one(log: AccessLog, prefix: str, into: Path) -> dict[str, Any]:
-    """Rank 0's copy read back whole as `inspect` and `sync --ranks 0` read it (`fetch_copies`, one
-    flat listing of the whole prefix, then by its manifest): requests and seconds."""
+    """Rank 0's copy read back whole as `sync --ranks 0` reads it (`find_copies`: the action's
+    folder and its manifests listed, then `fetch_copies` of rank 0's: its manifest, its indexes,
+    its pieces): requests and seconds."""
     import shutil
 
-    from flyte_wandb_elastic._persist import fetch_copies
+    from flyte_wandb_elastic._persist import fetch_copies, find_copies
 
     log.new()
     started = time.perf_counter()
-    root = fetch_copies(prefix, into, keep=lambda key: key.startswith("rank-0/"))
+    root = fetch_copies(prefix, into, [c for c in find_copies(prefix) if c.path.startswith("rank-0/")])
     seconds = time.perf_counter() - started
     requests = kinds(log.new())
     shutil.rmtree(root)
