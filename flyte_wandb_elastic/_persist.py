@@ -14,10 +14,9 @@ its offset to the end of the file at the time of the copy:
 
 Every `COMPACT_PARTS` parts of a file are joined into one segment (`<start>-<end>`, sent from the
 pod's own file: no download), which the manifest names in their place, beside the newest part
-until the file's next part (a reader that has read up to that part reads only it, not the
-segment); the parts are deleted `COMPACT_PARTS` copies after the manifest stopped naming them,
-when no reader can still hold a manifest that does. So a copy holds at most about
-`2 * COMPACT_PARTS` parts of a file beside its segments, and each byte is sent at most twice.
+until the next copy (a reader that has read up to that part reads only it, not the segment); the
+parts are deleted `COMPACT_PARTS` copies after the manifest stopped naming them, when no reader
+can still hold a manifest that does. So a copy holds at most about `2 * COMPACT_PARTS` parts of a file beside its segments, and each byte is sent at most twice.
 Every `COMPACT_PARTS` segments, an index naming all the file's segments so far is written once
 (`index-<end>.json`), and the manifest names it in place of the segments (the index it replaces
 is deleted as parts are): the manifest stays the same size however long the job runs.
@@ -362,8 +361,8 @@ class RunFilesCopier:
     def _compact(self, path: Path, relative: str) -> None:
         """Join the file's unsealed parts into one segment, sent from the pod's own file (the same
         bytes: the file is only appended to). The manifest names the segment in their place from
-        this copy on, and the newest part beside it until the file's next part (a reader that has
-        read up to that part reads it, not the segment); the parts are deleted `COMPACT_PARTS`
+        this copy on, and the newest part beside it until the next copy (a reader that has read up
+        to that part reads it, not the segment); the parts are deleted `COMPACT_PARTS`
         copies later (see `_delete_doomed`). Every `COMPACT_PARTS` segments, an index of them."""
         parts = self._unsealed[relative]
         start, end = parts[0].start, parts[-1].end
