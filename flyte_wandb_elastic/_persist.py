@@ -16,7 +16,8 @@ Every `COMPACT_PARTS` parts of a file are joined into one segment (`<start>-<end
 pod's own file: no download), which the manifest names in their place, beside the newest part
 until the next copy (a reader that has read up to that part reads only it, not the segment); the
 parts are deleted `COMPACT_PARTS` copies after the manifest stopped naming them, when no reader
-can still hold a manifest that does. So a copy holds at most about `2 * COMPACT_PARTS` parts of a file beside its segments, and each byte is sent at most twice.
+can still hold a manifest that does. So a copy holds at most about `2 * COMPACT_PARTS` parts of
+a file beside its segments, and each byte is sent at most twice.
 Every `COMPACT_PARTS` segments, an index naming all the file's segments so far is written once
 (`index-<end>.json`), and the manifest names it in place of the segments (the index it replaces
 is deleted as parts are): the manifest stays the same size however long the job runs.
