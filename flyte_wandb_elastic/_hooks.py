@@ -35,6 +35,7 @@ from ._deadline import (
 from ._flyte_console import FlyteAction
 from ._job_end import JobEnd
 from ._node_service import first_rank_service, join_node_service
+from ._node_summary import SUMMARY_MIN_S, LocalRuns, NodeSummary, planned_writers
 from ._options import PARENT_RUN_KEY, WandbOptions
 from ._persist import SLOW_COPY_S, RunFilesCopier, default_persist_interval
 from ._planner import RankPlan, creation_slot, plan_rank, run_files_prefix, system_metrics, writers
@@ -208,6 +209,22 @@ class RankHooks:
                 context.get(PARENT_RUN_KEY),
             )
             end.report.start()
+        if self.report and copy_prefix is not None and topology.local_rank == 0:
+            # the node's first rank sums up its node's writers for the report (see `_node_summary`)
+            node = topology.node_rank
+            planned = planned_writers(
+                options,
+                range(node * self.nproc_per_node, (node + 1) * self.nproc_per_node),
+                topology.num_nodes,
+                self.nproc_per_node,
+                self.max_nodes,
+                run_name or "",
+                action_name,
+                context.get(PARENT_RUN_KEY),
+            )
+            runs = LocalRuns(local_wandb_dir(options.init_kwargs.get("dir")), planned)
+            end.summary = NodeSummary(runs, action_prefix(copy_prefix), node, interval)
+            end.summary.start()
 
         def opener(rank_run: RankRun, again: bool) -> Any:
             # wandb itself first, then this package's modules that call it: the end of wandb's
@@ -298,7 +315,8 @@ def _make_global(run: Any) -> None:
 @dataclass
 class RankEnd:
     """What the end of a rank needs: its time bound, once the run is open its copier, and on rank 0
-    of a task with `report=True` the report tab (with `rank_runs="offline"`, the aggregates' thread)."""
+    of a task with `report=True` the report tab (with `rank_runs="offline"`, the aggregates' thread), and
+    on each node's first rank of such a task its node's summary."""
 
     finish_timeout: float
     extra_s: float = 0.0  # what an `init_timeout` longer than its default adds
@@ -307,6 +325,7 @@ class RankEnd:
     queued: QueuedCalls | None = None
     alert: FailureAlert | None = None  # global rank 0's, unless alert_on_failure=False
     aggregator: RankAggregator | None = None  # global rank 0's, with rank_runs="offline"
+    summary: NodeSummary | None = None  # each node's first rank's, with report=True
 
     def by(self, share: float) -> float:
         """Seconds from the function's return by which `share` of the end must be done."""
@@ -383,6 +402,9 @@ def _finish(rank_run: RankRun, published: Any, end: RankEnd, exit_code: int, err
             if end.copier is not None:
                 left = end.by(COPY_SHARE) - (time.monotonic() - started)
                 end.copier.final_copy(left, synced=bool(uploaded and uploaded[0]))
+            if end.summary is not None:  # once the node's writers' ends are on its disk, or its share ran out
+                left = end.by(COPY_SHARE) - (time.monotonic() - started)
+                end.summary.finish(max(SUMMARY_MIN_S, left), stopped=exit_code != 0)
             if end.report is not None:
                 left = end.by(REPORT_SHARE) - (time.monotonic() - started)
                 end.report.finish(left, stopped=exit_code != 0)

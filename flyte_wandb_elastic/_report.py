@@ -1,8 +1,9 @@
 """The live "Weights & Biases" tab of a task's Flyte report, for tasks declared with `report=True`.
 
-One process per job writes it: global rank 0's (which writes a run in every layout), from the copies
-of every rank's run files in storage (`_stored_runs`), so that it shows every node's runs, offline
-ones included. A thread of its own rebuilds the tab and flushes the report every
+One process per job writes it: global rank 0's (which writes a run in every layout), from what
+storage holds of every rank's run files (`_stored_runs`): each node's summary of its writers (see
+`_node_summary`), and the copies of any writer no summary holds. So it shows every node's runs,
+offline ones included. A thread of its own rebuilds the tab and flushes the report every
 `persist_interval`; rank 0's end writes it once more with the final states. Training never waits
 for it, and no other rank does any of it.
 
@@ -23,12 +24,11 @@ from urllib.parse import quote
 
 from ._deadline import run_within
 from ._diagram import layout_diagram
+from ._node_summary import planned_writers
 from ._options import WandbOptions
-from ._planner import plan_rank
 from ._rank_run import lower_this_threads_priority
 from ._report_html import MAX_LINES, Row, chart_lines, render_tab
 from ._stored_runs import StoredRuns, Writer
-from ._topology import Topology
 from ._wandb_host import wandb_server
 
 logger = logging.getLogger("flyte_wandb_elastic")
@@ -75,12 +75,17 @@ class ReportTab:
         self.interval_s = interval_s
         self.stored = StoredRuns(prefix, share=REFRESH_SHARE)
         self.layout = layout_diagram(options, nnodes, nproc_per_node)
-        self.planned: dict[int, tuple[str, str]] = {}  # rank -> (run id, label), for ranks that write
-        for rank in range(nnodes * nproc_per_node):
-            topology = Topology.in_job(rank, nnodes, nproc_per_node)
-            plan = plan_rank(options, topology, run_name, action_name, max_nodes, parent_run)
-            if plan.opens_run and plan.run_id:
-                self.planned[rank] = (plan.run_id, plan.label or "")
+        # rank -> (run id, label), for ranks that write
+        self.planned = planned_writers(
+            options,
+            range(nnodes * nproc_per_node),
+            nnodes,
+            nproc_per_node,
+            max_nodes,
+            run_name,
+            action_name,
+            parent_run,
+        )
         self.lines = MAX_LINES
         with contextlib.suppress(ValueError):  # refused where the task was declared with it
             self.lines = chart_lines(os.environ)
@@ -111,15 +116,21 @@ class ReportTab:
         flush_s = min(FLUSH_TIMEOUT_S, max(0.0, timeout_s) / 4)  # for the write itself
         wait_s = max(0.0, timeout_s - flush_s)
         deadline = time.monotonic() + (min(wait_s, STOPPED_WAIT_S) if stopped else wait_s)
+        # past it, a writer whose node's summary still shows no end is read from its copies
+        from_copies_at = time.monotonic() + (deadline - time.monotonic()) / 2
         while True:
             # storage that hangs must not hold the end of the job
             if not run_within(self._refresh, max(0.1, deadline - time.monotonic()), "flyte-wandb-elastic-report-read"):
                 break
-            ended = all(
-                (w := self.stored.writers.get(rank)) is not None and w.exit_code is not None for rank in self.planned
-            )
-            if ended or time.monotonic() >= deadline:
+            running = {
+                rank for rank in self.planned if (w := self.stored.writers.get(rank)) is None or w.exit_code is None
+            }
+            if not running or time.monotonic() >= deadline:
                 break
+            if time.monotonic() >= from_copies_at and running & self.stored.summarized:
+                with self._lock:
+                    self.stored.read_from_copies(running & self.stored.summarized)
+                continue
             time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
         self._publish(final=True, timeout_s=max(1.0, flush_s))
 

@@ -11,6 +11,13 @@ the records they complete. Each rank's writer keeps its row
 count, the last value of each metric and bounded, downsampled curves, so the requests, work and
 memory of a refresh grow with what was logged since the last one, not with the run.
 
+Where a task has `report=True`, each node's first rank also stores a summary of its node's writers
+beside the manifests (`manifests/node-<n>.summary.json`, see `_node_summary`): the same listing
+finds the summaries that changed, and a writer a summary holds is taken from it (one read per
+changed node) and its copies are not read at all. Writers that no summary holds (a node whose
+summary could not be written, copies of an earlier version) are read from their copies, as are
+those whose node's last summary holds no end of theirs (see `read_from_copies`).
+
 Process: rank 0's process, in the report's thread (see `_report`).
 """
 
@@ -44,6 +51,11 @@ MAX_POINTS = 100
 # spread over the runs once there are more.
 MAX_BREAKS = 100
 _MANIFEST = re.compile(r"^rank-(\d+)/([^/]+)\.json$")
+# Each node's summary of its writers (see `_node_summary`), beside the manifests: the listing that
+# finds changed manifests finds changed summaries too (readers of copies pass over it).
+_SUMMARY = re.compile(r"^node-\d+\.summary\.json$")
+# The most characters of a non-numeric last value a summary holds (the tab shows it as text).
+MAX_VALUE_CHARS = 1000
 # Records the tab does not read (it reads `run`, `history` and `exit`): not decoded at all.
 _PASSED_OVER = frozenset({SUMMARY, OUTPUT, CONFIG, FILES, STATS, TELEMETRY, METRIC, OUTPUT_RAW})
 _LOG = re.compile(r"^run-[^/]+\.wandb$")
@@ -94,6 +106,16 @@ class Curve:
         self._broken = kind
         self._seq += 1
 
+    @classmethod
+    def of(cls, points: list[tuple[int, float]]) -> Curve:
+        """A curve whose kept points are `points` (another curve's `shown()`, read back)."""
+        curve = cls()
+        for seq, (step, value) in enumerate(points):
+            (curve._finite if nonfinite_name(value) is None else curve._breaks).items.append((seq, step, value))
+        curve._seq = len(points)
+        curve.last = points[-1] if points else None
+        return curve
+
     def shown(self) -> list[tuple[int, float]]:
         """The kept points in the order they were logged, ending with the newest."""
         kept = sorted(self._finite.items + self._breaks.items)
@@ -133,6 +155,12 @@ class Writer:
     curves: dict[str, Curve] = field(default_factory=dict)
     exit_code: int | None = None
     starts: int = 0
+
+    def began(self, run_dir: str) -> None:
+        """Count a start of this rank, read from the run directory `run_dir` (named by W&B)."""
+        self.starts += 1
+        self.online = not run_dir.startswith("offline-")
+        self.exit_code = None
 
     def apply(self, record: Any) -> None:
         kind = record.WhichOneof("record_type")
@@ -211,6 +239,11 @@ class StoredRuns:
         self.requests = 0
         self._cursors: dict[tuple[int, str], _Cursor] = {}
         self._tags: dict[str, str] = {}  # each manifest's tag when last read
+        # the nodes' summaries (see `_node_summary`): each one's tag when last read, the ranks
+        # taken from them, and those read from their copies whatever the summaries say
+        self._summary_tags: dict[str, str] = {}
+        self.summarized: set[int] = set()
+        self._from_copies: set[int] = set()
 
     def refresh(self) -> None:
         """Read what was copied since the last refresh.
@@ -220,7 +253,9 @@ class StoredRuns:
         """
         listed = _storage.list_flat(_storage.join(self.prefix, MANIFESTS))
         self.requests += 1 + len(listed) // 1000
+        self._read_summaries(listed)
         changed = {path: entry.tag for path, entry in listed.items() if self._tags.get(path) != entry.tag}
+        changed = {path: tag for path, tag in changed.items() if not self._summed_up(path)}
         uris = {path: _storage.join(self.prefix, MANIFESTS, path) for path in changed if _MANIFEST.match(path)}
         manifests = _storage.read_many(list(uris.values()), share=self.share)
         self.requests += len(uris)
@@ -257,9 +292,7 @@ class StoredRuns:
             writer = self.writers.setdefault(rank, Writer(rank))
             if key not in self._cursors:
                 self._cursors[key] = _Cursor()
-                writer.starts += 1
-                writer.online = not run_dir.startswith("offline-")
-                writer.exit_code = None
+                writer.began(run_dir)
             path, ps = wanted[key]
             read = [(p, contents[self._piece_uri(key, p)]) for p in ps]
             # a manifest counts as read once its pieces are: a read that failed (this refresh
@@ -267,32 +300,165 @@ class StoredRuns:
             if self._read(self._cursors[key], read, writer):
                 self._tags[path] = changed[path]
 
+    # The nodes' summaries: one object per node and interval in place of each writer's copies.
+
+    def _read_summaries(self, listed: dict[str, _storage.Listed]) -> None:
+        """Take each writer that a changed summary of its node holds from it (the listing of the
+        manifests folder shows the summaries too; one read per changed summary, in parallel). A
+        rank whose node's last summary holds no end of it is read from its copies from then on
+        (see `read_from_copies`)."""
+        changed = {p: e.tag for p, e in listed.items() if _SUMMARY.match(p) and self._summary_tags.get(p) != e.tag}
+        found = _storage.read_many([_storage.join(self.prefix, MANIFESTS, p) for p in changed], share=self.share)
+        self.requests += len(changed)
+        pace = _storage.Pace(self.share)
+        for path, tag in changed.items():
+            pace.sleep()
+            data = found[_storage.join(self.prefix, MANIFESTS, path)]
+            if data is None:
+                continue
+            try:
+                summary = read_summary(data)
+            except (ValueError, KeyError, TypeError):  # not one of ours: its writers are read from their copies
+                self._summary_tags[path] = tag
+                continue
+            for rank, writer in summary.writers.items():
+                if rank in self._from_copies:
+                    continue
+                if summary.final and writer.exit_code is None:  # its node's end did not see its end
+                    self.read_from_copies({rank})
+                else:
+                    self.writers[rank] = writer
+                    self.summarized.add(rank)
+            self._summary_tags[path] = tag
+
+    def _summed_up(self, path: str) -> bool:
+        """Whether `path` (in the manifests folder) is a node's summary, or the manifest of a
+        writer taken from one."""
+        found = _MANIFEST.match(path)
+        return _SUMMARY.match(path) is not None or (found is not None and int(found.group(1)) in self.summarized)
+
+    def read_from_copies(self, ranks: set[int]) -> None:
+        """Read `ranks` from their copies from the next refresh on (from their start), not from
+        their nodes' summaries: for writers whose node's summary holds no end of theirs."""
+        for rank in ranks - self._from_copies:
+            self._from_copies.add(rank)
+            if rank in self.summarized:
+                self.summarized.discard(rank)
+                self.writers.pop(rank, None)
+                self._cursors = {key: c for key, c in self._cursors.items() if key[0] != rank}
+                self._tags = {p: t for p, t in self._tags.items() if not p.startswith(f"rank-{rank}/")}
+
     def _piece_uri(self, key: tuple[int, str], piece: Piece) -> str:
         return _storage.join(self.prefix, f"rank-{key[0]}", key[1], piece.key)
 
     def _read(self, cursor: _Cursor, pieces: list[tuple[Piece, bytes | None]], writer: Writer) -> bool:
         """Take in the pieces read (in order); whether every one was there."""
-        whole = True
-        for piece, data in pieces:
-            if not cursor.valid or piece.end <= cursor.have:
-                continue  # not a W&B log, or read already
-            if data is None or piece.start > cursor.have:
-                whole = False
-                break
-            self.bytes_read += len(data)
-            cursor.tail += data[cursor.have - piece.start :]
-            cursor.have = piece.start + len(data)
-        if cursor.start == 0 and cursor.valid:
-            if len(cursor.tail) < _HEADER:
-                return whole
-            cursor.valid = cursor.tail[:4] == _MAGIC
-            cursor.tail, cursor.start = cursor.tail[_HEADER:], _HEADER
-        if not cursor.valid:
-            return whole
-        parsed = cursor.start
-        for record, end in parse_records(cursor.tail, cursor.start, base=cursor.start, skip=_PASSED_OVER):
-            if record is not None:
-                writer.apply(record)
-            parsed = end
-        cursor.tail, cursor.start = cursor.tail[parsed - cursor.start :], parsed
+        whole, read = read_log(cursor, pieces, writer)
+        self.bytes_read += read
         return whole
+
+
+def read_log(cursor: _Cursor, pieces: list[tuple[Piece, bytes | None]], writer: Writer) -> tuple[bool, int]:
+    """Take the next bytes of one `.wandb` log into `writer`: `pieces` (in order, `None` for one
+    missing) from where `cursor` stands, parsing only the records they complete (from storage, or
+    from a file on the pod's disk as `_node_summary` reads it); whether every piece was there, and
+    the bytes taken."""
+    whole, read = True, 0
+    for piece, data in pieces:
+        if not cursor.valid or piece.end <= cursor.have:
+            continue  # not a W&B log, or read already
+        if data is None or piece.start > cursor.have:
+            whole = False
+            break
+        read += len(data)
+        cursor.tail += data[cursor.have - piece.start :]
+        cursor.have = piece.start + len(data)
+    if cursor.start == 0 and cursor.valid:
+        if len(cursor.tail) < _HEADER:
+            return whole, read
+        cursor.valid = cursor.tail[:4] == _MAGIC
+        cursor.tail, cursor.start = cursor.tail[_HEADER:], _HEADER
+    if not cursor.valid:
+        return whole, read
+    parsed = cursor.start
+    for record, end in parse_records(cursor.tail, cursor.start, base=cursor.start, skip=_PASSED_OVER):
+        if record is not None:
+            writer.apply(record)
+        parsed = end
+    cursor.tail, cursor.start = cursor.tail[parsed - cursor.start :], parsed
+    return whole, read
+
+
+# Node summaries (written by `_node_summary`, read by `StoredRuns`): what the tab shows of each of
+# a node's writers, in one object per node.
+
+
+def summary_uri(prefix: str, node: int) -> str:
+    """Where node `node`'s summary lies under the action's prefix (`.../wandb/<action>`)."""
+    return _storage.join(prefix, MANIFESTS, f"node-{node}.summary.json")
+
+
+def to_json(node: int, writers: dict[int, Writer], final: bool) -> bytes:
+    """A node's summary: for each writer what the tab shows (curves as their kept points)."""
+    return json.dumps(
+        {
+            "node": node,
+            "final": final,
+            "writers": [
+                {
+                    "rank": w.rank,
+                    "run_id": w.run_id,
+                    "project": w.project,
+                    "entity": w.entity,
+                    "online": w.online,
+                    "rows": w.rows,
+                    "last_step": w.last_step,
+                    "last_time": w.last_time,
+                    "metrics": {k: _bounded(v) for k, v in w.metrics.items()},
+                    "curves": {k: c.shown() for k, c in w.curves.items()},
+                    "exit_code": w.exit_code,
+                    "starts": w.starts,
+                }
+                for w in sorted(writers.values(), key=lambda w: w.rank)
+            ],
+        },
+        separators=(",", ":"),
+    ).encode()
+
+
+@dataclass(frozen=True)
+class Summary:
+    """A node's summary as read back.
+
+    Attributes:
+        final: Whether its first rank wrote it at its end (no later one comes).
+        writers: Each writer it holds, by rank.
+    """
+
+    final: bool
+    writers: dict[int, Writer]
+
+
+def read_summary(data: bytes) -> Summary:
+    """A node's summary from its JSON (see `to_json`).
+
+    Raises:
+        ValueError: `data` is not a summary.
+    """
+    doc = json.loads(data)
+    writers = {}
+    for w in doc["writers"]:
+        curves = {k: Curve.of([(int(s), float(v)) for s, v in points]) for k, points in w["curves"].items()}
+        fields = {k: w[k] for k in ("run_id", "project", "entity", "online", "rows", "last_step", "last_time")}
+        writers[int(w["rank"])] = Writer(
+            int(w["rank"]), **fields, metrics=w["metrics"], curves=curves, exit_code=w["exit_code"], starts=w["starts"]
+        )
+    return Summary(bool(doc["final"]), writers)
+
+
+def _bounded(value: Any) -> Any:
+    """A last value as the summary holds it: numbers as they are, anything else as its text, cut."""
+    if value is None or isinstance(value, (bool, int, float)):
+        return value
+    text = value if isinstance(value, str) else json.dumps(value)
+    return text[:MAX_VALUE_CHARS]

@@ -20,10 +20,11 @@ from typing import Any
 import pytest
 
 from flyte_wandb_elastic import WandbOptions
+from flyte_wandb_elastic._node_summary import LocalRuns, NodeSummary
 from flyte_wandb_elastic._persist import RunFilesCopier
 from flyte_wandb_elastic._report_html import COLORS, LINES_ENV, MAX_CHARTS, MAX_LINES, TABLE_ROWS, Row, render_tab
-from flyte_wandb_elastic._runfiles import read_run_file
-from flyte_wandb_elastic._stored_runs import MAX_BREAKS, MAX_POINTS, Curve, StoredRuns
+from flyte_wandb_elastic._runfiles import _HEADER, parse_records, read_run_file
+from flyte_wandb_elastic._stored_runs import MAX_BREAKS, MAX_POINTS, Curve, StoredRuns, read_summary, summary_uri
 from flyte_wandb_elastic._values import nonfinite_name
 from tests.browser import CHROMIUM, color_counts, rendered
 from tests.conftest import REPO, Launch, launch, launch_clustered, wandb_env
@@ -164,6 +165,68 @@ def test_a_ranks_starts_are_read_in_the_order_they_began(tmp_path: Path) -> None
     writer = stored.writers[0]
     assert (writer.starts, writer.rows, writer.exit_code, writer.online) == (2, 2, 0, False)
     assert writer.metrics == {"loss": 1.0}
+
+
+def test_a_nodes_summary_stands_for_its_writers_and_a_writer_it_lacks_is_read_from_its_copies(
+    tmp_path: Path,
+) -> None:
+    # real offline runs written by wandb: ranks 0 and 1 on node 0's disk, rank 2 on node 1's; every
+    # run copied by the real copier; node 0's first rank sums up its node's writers (node 1 wrote no
+    # summary, as a node of an earlier version or one whose summary failed)
+    script = (
+        "import sys, wandb\n"
+        "for rank in map(int, sys.argv[1:]):\n"
+        "    run = wandb.init(project='p', id=f'w{rank}', mode='offline')\n"
+        "    for i in range(40):\n"
+        "        run.log({'loss': float('nan') if rank == 1 and i == 7 else 1 / (i + 1 + rank), 'note': f'r{rank}'})\n"
+        "    run.finish(exit_code=rank)\n"
+    )
+    for pod, ranks in (("pod-0", ["0", "1"]), ("pod-1", ["2"])):
+        env = {"WANDB_DIR": str(tmp_path / pod), "WANDB_MODE": "offline", "PATH": str(Path(sys.executable).parent)}
+        subprocess.run([sys.executable, "-c", script, *ranks], env=env, check=True, capture_output=True, timeout=120)
+    prefix = str(tmp_path / "storage" / "wandb" / "a0")
+    logs = {}
+    for pod in ("pod-0", "pod-1"):
+        for run_dir in (tmp_path / pod / "wandb").glob("offline-run-*"):
+            rank = int(run_dir.name[-1])
+            logs[rank] = next(run_dir.glob("run-*.wandb"))
+            assert RunFilesCopier(run_dir, f"{prefix}/rank-{rank}", interval_s=3600).copy()
+    planned = {0: ("w0", ""), 1: ("w1", "")}
+    runs = LocalRuns(tmp_path / "pod-0" / "wandb", planned)
+    summary = NodeSummary(runs, prefix, 0, interval_s=3600)
+    assert summary.write() and not summary.write()  # stored once something changed, and only then
+    stored = StoredRuns(prefix)
+    stored.refresh()
+    # one listing of the manifests (and summaries), node 0's summary, rank 2's manifest and its log
+    assert stored.requests == 1 + 1 + 2 and stored.bytes_read == logs[2].stat().st_size
+    assert stored.summarized == {0, 1} and sorted(stored.writers) == [0, 1, 2]
+    for rank, log in logs.items():
+        truth, writer = read_run_file(log), stored.writers[rank]
+        assert (writer.run_id, writer.rows, writer.exit_code, writer.starts) == (f"w{rank}", 40, rank, 1)
+        assert writer.metrics == truth.last_metrics and not writer.online
+        assert writer.last_step == 39 and writer.last_time == truth.rows[-1]["_timestamp"]
+    # the round trip keeps the curves as shown, the NaN and the step it was logged at included
+    for rank in (0, 1):
+        shown = {name: repr(curve.shown()) for name, curve in stored.writers[rank].curves.items()}
+        assert shown == {name: repr(curve.shown()) for name, curve in runs.writers[rank].curves.items()}  # NaN too
+    assert [(s, nonfinite_name(v)) for s, v in stored.writers[1].curves["loss"].shown() if math.isnan(v)] == [
+        (7, "NaN")
+    ]
+    # a summary that did not change is not read again; the copies of summed-up writers are never read
+    before = stored.requests
+    stored.refresh()
+    assert stored.requests == before + 1
+    # node 0's last summary, written while rank 1's log on its disk still lacked its end: rank 1 is
+    # read from its copies, which hold it
+    whole = logs[1].read_bytes()
+    cut = next(end for _, end in parse_records(whole, _HEADER) if end > len(whole) // 2)
+    logs[1].write_bytes(whole[:cut])
+    late = NodeSummary(LocalRuns(tmp_path / "pod-0" / "wandb", planned), prefix, 0, interval_s=3600)
+    assert late.finish(timeout_s=1.0, stopped=True)
+    assert read_summary(Path(summary_uri(prefix, 0)).read_bytes()).writers[1].exit_code is None
+    stored.refresh()
+    assert stored.summarized == {0} and stored.writers[1].exit_code == 1 and stored.writers[1].rows == 40
+    assert stored.writers[0].exit_code == 0
 
 
 def test_a_curve_keeps_a_bounded_number_of_divergences_spread_over_the_job() -> None:

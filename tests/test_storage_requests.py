@@ -34,6 +34,7 @@ from flyte_wandb_elastic._runfiles import _HEADER, parse_records, read_run_file,
 from flyte_wandb_elastic._stored_runs import StoredRuns
 from tests.conftest import launch
 from tests.servers import S3Request, S3Server
+from tests.test_report import parse
 
 ROWS = 3000
 
@@ -319,8 +320,10 @@ def test_a_report_job_lists_only_the_manifests_and_copies_no_debug_log_until_the
 ) -> None:
     """A real 2 x 2 job (one run per rank, offline, each node a disk of its own) with `report=True`
     and `persist_interval=1`: every listing made while it runs is one flat listing of the manifests
-    folder (one per refresh), each rank sends at most 3 objects per interval, W&B's debug logs are
-    sent at each rank's end only, and every row is read back."""
+    folder (one per refresh, the nodes' summaries in it), each rank sends at most 3 objects per
+    interval, W&B's debug logs are sent at each rank's end only, and every row is read back. Once
+    both nodes' summaries are stored, a refresh reads one object per changed summary and none of
+    any writer's copies, and the final tab still shows every writer's rows and end."""
     base = s3.uri("job", "r1")
     config = {"nnodes": 2, "nproc_per_node": 2, "report": True, "project": "p", "run_mode": "new",
               "persist_interval": 1.0}  # fmt: skip
@@ -335,6 +338,22 @@ def test_a_report_job_lists_only_the_manifests_and_copies_no_debug_log_until_the
     assert lists and all(r.query["prefix"] == ["job/r1/wandb/a0/manifests/"] for r in lists), lists[:3]
     assert "delimiter" not in lists[0].query  # flat: not a walk
     assert len(lists) <= wall_s + 5  # about one per second (persist_interval), with the final ones
+    # each node's first rank stores its node's summary (beside the manifests, in the same listing) at
+    # most once per interval, and rank 0 reads each summary once per change, at most
+    node_puts = {n: [r for r in during if r.method == "PUT" and r.path.endswith(f"/manifests/node-{n}.summary.json")]
+                 for n in (0, 1)}  # fmt: skip
+    node_gets = {n: [r for r in during if r.method == "GET" and r.path.endswith(f"/manifests/node-{n}.summary.json")]
+                 for n in (0, 1)}  # fmt: skip
+    assert all(2 <= len(node_puts[n]) <= wall_s + 3 and 1 <= len(node_gets[n]) <= len(node_puts[n]) for n in (0, 1))
+    # from the second refresh after both summaries were first stored on, no writer's copy is read
+    both = max(during.index(node_puts[n][0]) for n in (0, 1))
+    later = [i for i, r in enumerate(during) if i > both and r.is_list]
+    assert len(later) >= 3, "too few refreshes after both summaries were stored"
+    copies_read = [r for r in during[later[1] :] if r.method == "GET" and not r.is_list and ".summary." not in r.path]
+    assert copies_read == [], copies_read[:3]
+    table = parse((tmp_path / "work-0" / "outputs" / "report.html").read_text()).table()
+    assert sorted(r["ranks"] for r in table) == ["0", "1", "2", "3"]
+    assert all(r["steps"] == "60" and r["state"] == "finished" for r in table), table
     puts = [r for r in during if r.method == "PUT" and "/wandb/a0/rank-" in r.path]
     debug = [r for r in puts if "/logs/debug" in r.path]
     assert len(debug) == 4 * 3  # each rank's three debug logs, once, at its end
