@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -45,32 +47,34 @@ def test_each_copy_sends_only_what_is_new_and_the_copies_read_back_whole(wandb_o
     assert not list((wandb_offline / "storage").rglob("run-*.wandb"))
 
 
-def test_a_long_copy_reads_back_whole_by_its_index_and_without_its_manifest(wandb_offline: Path) -> None:
+def test_a_long_copy_reads_back_whole_by_its_index_and_without_its_manifest(tmp_path: Path) -> None:
     """A real log copied over more than COMPACT_PARTS**2 copies (its segments in an index) to a
     local directory: `inspect`'s reader and a report reader starting from the beginning get every
     row back through the index, and so does the reader of copies without a manifest (an earlier
     version's), which passes over the index."""
-    run = wandb.init(project="p", id="long")
-    for i in range(3000):
-        run.log({"row": i})
-    run.finish()
-    whole = next(Path(run.settings.sync_dir).glob("run-*.wandb")).read_bytes()
-    pod = wandb_offline / "pod" / Path(run.settings.sync_dir).name
+    # written whole by wandb in a process of its own (`finish` may return before the log's end is)
+    script = "import wandb\nrun = wandb.init(project='p', id='long', mode='offline')\n"
+    script += "for i in range(3000):\n    run.log({'row': i})\nrun.finish()\n"
+    env = {"WANDB_DIR": str(tmp_path), "WANDB_MODE": "offline", "PATH": str(Path(sys.executable).parent)}
+    subprocess.run([sys.executable, "-c", script], env=env, check=True, capture_output=True, timeout=300)
+    [written] = (tmp_path / "wandb").glob("offline-run-*/run-long.wandb")
+    whole = written.read_bytes()
+    pod = tmp_path / "pod" / written.parent.name
     pod.mkdir(parents=True)
-    storage = wandb_offline / "storage" / "wandb" / "a0"
+    storage = tmp_path / "storage" / "wandb" / "a0"
     copier = RunFilesCopier(pod, str(storage / "rank-0"), interval_s=3600)
     copies = COMPACT_PARTS**2 + COMPACT_PARTS + 3
     for k in range(1, copies + 1):
         (pod / "run-long.wandb").write_bytes(whole[: len(whole) * k // copies])
         assert copier.copy()
     assert list(storage.rglob("index-*.json"))
-    [back] = read_run_files(fetch_copies(str(wandb_offline / "storage"), wandb_offline / "read"))
+    [back] = read_run_files(fetch_copies(str(tmp_path / "storage"), tmp_path / "read"))
     assert [row["row"] for row in back.rows] == list(range(3000))
     report = StoredRuns(str(storage))
     report.refresh()
     assert report.writers[0].rows == 3000 and report.bytes_read == len(whole)
     shutil.rmtree(storage / MANIFESTS)
-    [legacy] = read_run_files(fetch_copies(str(wandb_offline / "storage"), wandb_offline / "legacy"))
+    [legacy] = read_run_files(fetch_copies(str(tmp_path / "storage"), tmp_path / "legacy"))
     assert [row["row"] for row in legacy.rows] == list(range(3000))
 
 
