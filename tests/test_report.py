@@ -212,6 +212,10 @@ def test_a_nodes_summary_stands_for_its_writers_and_a_writer_it_lacks_is_read_fr
     assert [(s, nonfinite_name(v)) for s, v in stored.writers[1].curves["loss"].shown() if math.isnan(v)] == [
         (7, "NaN")
     ]
+    read_back = stored.writers[0].curves["loss"]  # a curve read back grows as any other
+    before = read_back.shown()
+    read_back.add(40, 0.5)
+    assert read_back.shown() == [*before, (40, 0.5)]
     # a summary that did not change is not read again; the copies of summed-up writers are never read
     before = stored.requests
     stored.refresh()
