@@ -235,9 +235,13 @@ def test_server_lost_for_good_the_job_ends_in_time_and_sync_brings_every_row(
 
 @pytest.mark.exclusive
 @pytest.mark.parametrize("engine", ["elastic", "clustered"])
-def test_server_down_for_the_whole_job(tmp_path: Path, s3: S3Server, wandb_server: WandbServer, engine: str) -> None:
+def test_server_down_for_the_whole_job_its_rows_outlive_the_pods_and_sync_once(
+    tmp_path: Path, s3: S3Server, wandb_server: WandbServer, engine: str
+) -> None:
+    # shared runs, one per node: four writers, each falling back to offline on its pod's own disk
     wandb_server.kill()
-    options = {"run_mode": "new", "host": wandb_server.url, "finish_timeout": FINISH_TIMEOUT_S}
+    options = {"run_mode": "shared", "rank_scope": "worker", "host": wandb_server.url}
+    options["finish_timeout"] = FINISH_TIMEOUT_S
     # the function does not wait for its run: it returns while wandb.init still retries
     job, base = run_job(engine, tmp_path, s3, options, wandb_server.env(), inputs={"wait_open": False})
     assert job.errors == [], job.logs
@@ -248,12 +252,19 @@ def test_server_down_for_the_whole_job(tmp_path: Path, s3: S3Server, wandb_serve
         assert f"Upload it later with: python -m flyte_wandb_elastic sync {base}/wandb/a0/rank-{rank}/" in "".join(
             job.logs
         )
+    assert not any(tmp_path.glob("pod-*"))  # the pods' disks are gone: every row is in storage
+    stored = stored_runs(base, s3.env())
+    assert len(stored) == 4  # four writers of two shared runs
+    by_rank = {r["config"]["flyte"]["rank"]: r for r in stored}
+    assert sorted(by_rank) == [0, 1, 2, 3]
+    assert all(r["steps"] == STEPS and r["exit_code"] == 0 for r in stored)
     wandb_server.start()
     # uploaded by the example's Flyte task, run where the servers are reachable
     clean = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    env = {**s3.env(), **wandb_server.env()}
     done = subprocess.run(
         [sys.executable, str(REPO / "examples" / "sync_task.py"), base],
-        env={**clean, **s3.env(), **wandb_server.env()},
+        env={**clean, **env},
         capture_output=True,
         text=True,
         timeout=300,
@@ -261,27 +272,10 @@ def test_server_down_for_the_whole_job(tmp_path: Path, s3: S3Server, wandb_serve
     assert done.returncode == 0, done.stdout + done.stderr
     assert "4 synced, 0 already synced" in done.stdout
     assert_every_row_arrived(wandb_server, job)
-
-
-@pytest.mark.parametrize("engine", ["elastic", "clustered"])
-def test_offline_rows_outlive_the_pods_and_sync_once(
-    tmp_path: Path, s3: S3Server, wandb_server: WandbServer, engine: str
-) -> None:
-    job, base = run_job(engine, tmp_path, s3, {"run_mode": "shared", "rank_scope": "worker"}, {})
-    assert job.errors == [], job.logs
-    assert not any(tmp_path.glob("pod-*"))  # the pods' disks are gone
-    stored = stored_runs(base, s3.env())
-    assert len(stored) == 4  # four writers of two shared runs
-    by_rank = {r["config"]["flyte"]["rank"]: r for r in stored}
-    assert sorted(by_rank) == [0, 1, 2, 3]
-    assert all(r["steps"] == STEPS and r["exit_code"] == 0 for r in stored)
-    env = {**s3.env(), **wandb_server.env()}
-    first = cli("sync", base, env=env)
-    assert first.returncode == 0, first.stdout + first.stderr
-    assert "4 synced, 0 already synced" in first.stdout
-    assert_every_row_arrived(wandb_server, job)
+    # a second sync sends nothing
     counts = {rid: len(wandb_server.rows(PROJECT, rid)) for rid in writers(job)}
     second = cli("sync", base, env=env)
+    assert second.returncode == 0, second.stdout + second.stderr
     assert "0 synced, 4 already synced" in second.stdout
     assert {rid: len(wandb_server.rows(PROJECT, rid)) for rid in writers(job)} == counts
 
