@@ -22,6 +22,7 @@ import pytest
 from flyte_wandb_elastic import WandbOptions
 from flyte_wandb_elastic._node_summary import LocalRuns, NodeSummary
 from flyte_wandb_elastic._persist import RunFilesCopier
+from flyte_wandb_elastic._report import ReportTab
 from flyte_wandb_elastic._report_html import COLORS, LINES_ENV, MAX_CHARTS, MAX_LINES, TABLE_ROWS, Row, render_tab
 from flyte_wandb_elastic._runfiles import _HEADER, parse_records, read_run_file
 from flyte_wandb_elastic._stored_runs import MAX_BREAKS, MAX_POINTS, Curve, StoredRuns, read_summary, summary_uri
@@ -220,11 +221,19 @@ def test_a_nodes_summary_stands_for_its_writers_and_a_writer_it_lacks_is_read_fr
     before = stored.requests
     stored.refresh()
     assert stored.requests == before + 1
-    # node 0's last summary, written while rank 1's log on its disk still lacked its end: rank 1 is
-    # read from its copies, which hold it
+    # node 0's first rank wrote a summary while rank 1's log on its disk still lacked its end, and
+    # no last one (it was lost): the tab's end reads rank 1 from its copies, which hold it
     whole = logs[1].read_bytes()
     cut = next(end for _, end in parse_records(whole, _HEADER) if end > len(whole) // 2)
     logs[1].write_bytes(whole[:cut])
+    assert NodeSummary(LocalRuns(tmp_path / "pod-0" / "wandb", planned), prefix, 0, interval_s=3600).write()
+    tab = ReportTab(WandbOptions(project="p", run_mode="new"), prefix, 3, 1, 3, "r1", "a0", interval_s=3600)
+    tab.finish(timeout_s=4.0, stopped=False)  # its flush has no Flyte report to write here: warned
+    states = {row["ranks"]: row["state"] for row in parse(tab.html(final=True)).table()}
+    assert states == {"0": "finished", "1": "failed (exit 1)", "2": "failed (exit 2)"}
+    assert tab.stored.summarized == {0}
+    # node 0's last summary, written while rank 1's log on its disk still lacked its end: rank 1 is
+    # read from its copies, which hold it
     late = NodeSummary(LocalRuns(tmp_path / "pod-0" / "wandb", planned), prefix, 0, interval_s=3600)
     assert late.finish(timeout_s=1.0, stopped=True)
     assert read_summary(Path(summary_uri(prefix, 0)).read_bytes()).writers[1].exit_code is None
