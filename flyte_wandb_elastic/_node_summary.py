@@ -7,18 +7,17 @@ writes what the tab shows of each (rows, last values, bounded curves, exit code)
 
     <action prefix>/manifests/node-<n>.summary.json
 
-(beside the writers' manifests, so that the listing that finds changed manifests finds changed
-summaries too; readers of the copies pass over it)
 every `persist_interval`, only when something changed, and once more at the rank's end, after
-the node's writers' ends are on its disk (waiting a bounded time for them). Rank 0's refresh then
-reads one object per changed node instead of two per changed writer (see `StoredRuns`). It reads
-nothing from storage; its failures are warned about once, and training never waits for it.
+the node's writers' ends are on its disk (waiting a bounded time for them). It lies beside the
+writers' manifests, so that the listing that finds changed manifests finds changed summaries too
+(readers of the copies pass over it): rank 0's refresh then reads one object per changed node
+instead of two per changed writer (see `StoredRuns`; the format is `_stored_runs.to_json`). It
+reads nothing from storage; its failures are warned about once, and training never waits for it.
 
 A writer whose run directory is not on this disk (its rank's W&B directory is elsewhere) is
 simply left out: the report reads it from its copies, as for a node with no summary.
 
-Process: the node's first rank's process, in a thread of its own (and briefly at its end);
-`read_summary` in rank 0's report thread.
+Process: the node's first rank's process, in a thread of its own (and briefly at its end).
 """
 
 from __future__ import annotations
