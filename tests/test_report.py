@@ -432,6 +432,7 @@ def _assert_spread_shown(final: str, table: list[dict[str, str]], tmp: Path) -> 
     assert steps == {10, 15, 20, STEPS - 1}, loss["counts"]
 
 
+@pytest.mark.launch
 @pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (.ci/run installs it)")
 def test_the_example_screenshots_its_tab_in_a_browser(tmp_path: Path) -> None:
     # how docs/images/report-tab.png is made: the example's 2 x 2 job, then a headless Chromium
