@@ -35,7 +35,7 @@ from ._options import WandbOptions
 from ._planner import plan_rank
 from ._rank_run import lower_this_threads_priority
 from ._runfiles import writers_dir
-from ._stored_runs import Writer, _begun, _Cursor, read_log, summary_uri, to_json
+from ._stored_runs import Cursor, Writer, read_log, start_order, summary_uri, to_json
 from ._topology import Topology
 
 logger = logging.getLogger("flyte_wandb_elastic")
@@ -83,7 +83,7 @@ class LocalRuns:
     wandb_dir: Path
     planned: dict[int, tuple[str, str]]
     writers: dict[int, Writer] = field(default_factory=dict)
-    _cursors: dict[tuple[int, str], _Cursor] = field(default_factory=dict)
+    _cursors: dict[tuple[int, str], Cursor] = field(default_factory=dict)
 
     def read(self) -> bool:
         """Read what was written since the last read; whether anything was."""
@@ -94,10 +94,10 @@ class LocalRuns:
             if rank is not None:
                 found.append((rank, name))
         changed = False
-        for key in sorted(found, key=_begun):  # a rank's starts in the order they began
+        for key in sorted(found, key=start_order):  # a rank's starts in the order they began
             writer = self.writers.setdefault(key[0], Writer(key[0]))
             if key not in self._cursors:
-                self._cursors[key] = _Cursor()
+                self._cursors[key] = Cursor()
                 writer.began(key[1])
                 changed = True
             cursor = self._cursors[key]

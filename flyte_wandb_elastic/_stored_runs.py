@@ -219,7 +219,7 @@ def _json_value(raw: str) -> Any:
         return json.loads(raw)
 
 
-def _begun(key: tuple[int, str]) -> tuple[int, str, int, str]:
+def start_order(key: tuple[int, str]) -> tuple[int, str, int, str]:
     """A rank's start, ordered by when it began: its run directory's name holds the time
     (`[offline-]run-<YYYYMMDD_HHMMSS>-<run id>...`), whether it logged online or offline."""
     rank, run_dir = key
@@ -227,7 +227,7 @@ def _begun(key: tuple[int, str]) -> tuple[int, str, int, str]:
 
 
 @dataclass
-class _Cursor:
+class Cursor:
     """How far one stored `.wandb` log has been fetched (`have`) and parsed (`start`)."""
 
     have: int = 0
@@ -255,7 +255,7 @@ class StoredRuns:
         self.writers: dict[int, Writer] = {}
         self.bytes_read = 0
         self.requests = 0
-        self._cursors: dict[tuple[int, str], _Cursor] = {}
+        self._cursors: dict[tuple[int, str], Cursor] = {}
         self._tags: dict[str, str] = {}  # each manifest's tag when last read
         # the nodes' summaries (see `_node_summary`): each one's tag when last read, the ranks
         # taken from them, and those read from their copies whatever the summaries say
@@ -286,7 +286,7 @@ class StoredRuns:
             key = (int(found.group(1)), found.group(2))
             manifest = Manifest.from_json(data)
             log = next((name for name in manifest.files if _LOG.match(name)), None)
-            cursor = self._cursors.get(key) or _Cursor()
+            cursor = self._cursors.get(key) or Cursor()
             if log is None:  # nothing to read in it yet
                 self._tags[path] = changed[path]
             elif (index := manifest.index_for(log, cursor.have)) is not None:
@@ -304,12 +304,12 @@ class StoredRuns:
         contents = _storage.read_many(pieces, share=self.share)
         self.requests += len(pieces)
         pace = _storage.Pace(self.share)
-        for key in sorted(wanted, key=_begun):  # a rank's starts in the order they began
+        for key in sorted(wanted, key=start_order):  # a rank's starts in the order they began
             pace.sleep()
             rank, run_dir = key
             writer = self.writers.setdefault(rank, Writer(rank))
             if key not in self._cursors:
-                self._cursors[key] = _Cursor()
+                self._cursors[key] = Cursor()
                 writer.began(run_dir)
             path, ps = wanted[key]
             read = [(p, contents[self._piece_uri(key, p)]) for p in ps]
@@ -369,14 +369,14 @@ class StoredRuns:
     def _piece_uri(self, key: tuple[int, str], piece: Piece) -> str:
         return _storage.join(self.prefix, f"rank-{key[0]}", key[1], piece.key)
 
-    def _read(self, cursor: _Cursor, pieces: list[tuple[Piece, bytes | None]], writer: Writer) -> bool:
+    def _read(self, cursor: Cursor, pieces: list[tuple[Piece, bytes | None]], writer: Writer) -> bool:
         """Take in the pieces read (in order); whether every one was there."""
         whole, read = read_log(cursor, pieces, writer)
         self.bytes_read += read
         return whole
 
 
-def read_log(cursor: _Cursor, pieces: list[tuple[Piece, bytes | None]], writer: Writer) -> tuple[bool, int]:
+def read_log(cursor: Cursor, pieces: list[tuple[Piece, bytes | None]], writer: Writer) -> tuple[bool, int]:
     """Take the next bytes of one `.wandb` log into `writer`: `pieces` (in order, `None` for one
     missing) from where `cursor` stands, parsing only the records they complete (from storage, or
     from a file on the pod's disk as `_node_summary` reads it); whether every piece was there, and
