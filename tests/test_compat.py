@@ -30,10 +30,13 @@ SNIPPETS = {
 }
 
 
-# the snippets as written (`get_wandb_run()`) on two nodes, and the same patterns through W&B's
-# globals on one: each pattern on one node and on two, one launch each
+# the snippets as written (`get_wandb_run()`) on two nodes, one launch each, and on one node the
+# patterns that use more of W&B's globals than `wandb.log` (`wandb.config`, `wandb.summary`,
+# `wandb.define_metric`): every layout is launched through W&B's globals in
+# test_launch::test_two_nodes_two_ranks, and each globals pattern declares its snippet's task (below)
+GLOBALS_LAUNCHED = ("train_distributed", "train_individual_runs")
 SNIPPET_CASES = [("tests.snippets", name, 2) for name in SNIPPETS] + [
-    ("tests.snippets_globals", name, 1) for name in SNIPPETS if name != "custom_logic_task"
+    ("tests.snippets_globals", name, 1) for name in GLOBALS_LAUNCHED
 ]
 
 
@@ -59,11 +62,17 @@ def test_reference_snippets_on_real_launches(tmp_path: Path, module: str, name: 
             assert f"I am rank {rank} on worker {rank // 2}" in output
 
 
-@pytest.mark.parametrize("name", list(SNIPPETS))
-def test_snippet_tasks_equal_the_wandb_elastic_environment(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize(
+    ("module", "name"),
+    [("tests.snippets", name) for name in SNIPPETS]
+    + [("tests.snippets_globals", name) for name in SNIPPETS if name != "custom_logic_task"],
+)
+def test_snippet_tasks_equal_the_wandb_elastic_environment(
+    module: str, name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("SNIPPET_NNODES", "2")
     snippets = importlib.reload(importlib.import_module("tests.snippets"))
-    task = getattr(snippets, name)
+    task = getattr(importlib.reload(importlib.import_module(module)), name)
     run_mode, rank_scope, project, _ = SNIPPETS[name]
     equivalent = make_task(nnodes=2, nproc_per_node=2, project=project, run_mode=run_mode, rank_scope=rank_scope)
     assert isinstance(task, WandbElasticTask)

@@ -8,6 +8,7 @@ that is deleted after the job, against `openwandb` and `moto_server` on loopback
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
@@ -86,8 +87,8 @@ def planned_ids(run_mode: str, rank_scope: str) -> set[str]:
     return {p.run_id for p in plans if p.opens_run and p.run_id}
 
 
-def assert_every_row_arrived(server: WandbServer, job: Launch) -> None:
-    for run_id, rows in expected_rows(job).items():
+def assert_every_row_arrived(server: WandbServer, job: Launch, steps: int = STEPS) -> None:
+    for run_id, rows in expected_rows(job, steps).items():
         assert received(server, run_id) >= rows, run_id
         assert server.runs()[run_id] == "finished", run_id
 
@@ -109,8 +110,21 @@ def wait_for_rows(facts_dir: Path, ranks: int, rows: int, timeout_s: float = 90)
             time.sleep(0.05)
 
 
+OUTAGE_STEPS = 60
+
+
+def _outage(server: WandbServer, facts_dir: Path) -> None:
+    """The W&B server stops once every rank has logged 5 rows, and is back 6 s later (rows are
+    logged every 0.1 s meanwhile)."""
+    wait_for_rows(facts_dir, 4, 5)
+    server.kill()
+    time.sleep(6)
+    server.start()
+
+
 # Every layout once, each engine with one layout per run mode (the planner is the same for both
-# engines, and tests/test_launch.py and tests/test_clustered.py run every layout of both offline).
+# engines, and tests/test_launch.py and tests/test_clustered.py run every layout of both offline);
+# the `new` job of each engine, whose four ranks each write a run of their own, meets an outage.
 ONLINE_JOBS = [("elastic", m, s) for m, s in (("auto", "worker"), ("shared", "global"), ("new", "global"))] + [
     ("clustered", m, s) for m, s in (("auto", "global"), ("shared", "worker"), ("new", "worker"))
 ]
@@ -121,12 +135,16 @@ def test_online_every_layout_arrives_whole(
     tmp_path: Path, s3: S3Server, shared_wandb: WandbServer, engine: str, run_mode: str, rank_scope: str
 ) -> None:
     options = {"run_mode": run_mode, "rank_scope": rank_scope, "host": shared_wandb.url, "id": uuid.uuid4().hex[:8]}
-    job, base = run_job(engine, tmp_path, s3, options, shared_wandb.env())
+    steps, inputs, during = STEPS, None, None
+    if run_mode == "new":  # and the server goes away for a few seconds while every rank logs
+        steps, inputs = OUTAGE_STEPS, {"steps": OUTAGE_STEPS, "interval_s": 0.1}
+        during = functools.partial(_outage, shared_wandb)
+    job, base = run_job(engine, tmp_path, s3, options, shared_wandb.env(), inputs=inputs, during=during)
     assert job.errors == [], job.logs
     ids = {i.replace(options["id"], "r1-a0") for i in writers(job)}
     assert ids == planned_ids(run_mode, rank_scope)
     assert set(writers(job)) <= set(shared_wandb.runs())
-    assert_every_row_arrived(shared_wandb, job)
+    assert_every_row_arrived(shared_wandb, job, steps)
     # the console links are the pages W&B itself gives for these runs
     links = _links(engine, options)
     urls = {f["run_id"]: f for f in job.facts.values() if f["run_id"]}
@@ -177,26 +195,6 @@ def test_a_server_set_only_in_the_environments_env_vars_gets_the_runs_and_every_
     assert [uri.replace("{{.actionName}}", "a0") for _, uri in links(spec)] == [url]
     # and so does the report tab's
     assert f'href="{url}"' in (tmp_path / "work-0" / "outputs" / "report.html").read_text()
-
-
-@pytest.mark.parametrize("engine", ["elastic", "clustered"])
-def test_server_back_after_a_few_seconds_gets_every_row(
-    tmp_path: Path, s3: S3Server, wandb_server: WandbServer, engine: str
-) -> None:
-    def outage(facts_dir: Path) -> None:
-        wait_for_rows(facts_dir, 4, 5)
-        wandb_server.kill()
-        time.sleep(6)
-        wandb_server.start()
-
-    options = {"run_mode": "new", "host": wandb_server.url}
-    job, _ = run_job(
-        engine, tmp_path, s3, options, wandb_server.env(), inputs={"steps": 60, "interval_s": 0.1}, during=outage
-    )
-    assert job.errors == [], job.logs
-    for run_id, rows in expected_rows(job, 60).items():
-        assert received(wandb_server, run_id) >= rows, run_id
-        assert wandb_server.runs()[run_id] == "finished", run_id
 
 
 FINISH_TIMEOUT_S = 15.0
