@@ -412,7 +412,6 @@ def launch_clustered(
             f"--rdzv-id={rdzv_id}",
             f"--rdzv-endpoint={endpoint}",
             f"--max-restarts={max_restarts}",
-            "--monitor-interval=1",
             "--no-python",
             "--",
             str(bin_dir / "a0"),

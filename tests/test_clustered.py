@@ -202,13 +202,14 @@ def test_rank_stopped_while_blocked_in_a_collective_finishes_failed(tmp_path: Pa
     assert all(run.exit_code not in (0, None) for run in result.runs)
 
 
-@pytest.mark.parametrize("run_mode", ["auto", "shared", "new"])
+# `auto`'s one writer is `shared`'s first (rank 0, the run of the same id)
+@pytest.mark.parametrize("run_mode", ["shared", "new"])
 def test_torchrun_restart_reopens_the_runs_and_loses_nothing(tmp_path: Path, run_mode: str) -> None:
     config = {**ONE, "run_mode": run_mode, "max_restarts": 1}
     result = launch_clustered(tmp_path, config, inputs={"steps": 3}, task="flaky", max_restarts=1)
     assert result.errors == [], result.logs
     assert [o["result"] for o in result.outcomes] == [1]  # finished on the first restart
-    _check_two_attempts(result, "restart_count", {"auto": 1, "shared": 2, "new": 2}[run_mode])
+    _check_two_attempts(result, "restart_count", 2)  # two writers of one run, or two runs
 
 
 def test_jobset_restart_reopens_the_runs_and_loses_nothing(tmp_path: Path) -> None:

@@ -198,14 +198,15 @@ def test_a_server_set_only_in_the_environments_env_vars_gets_the_runs_and_every_
 
 
 FINISH_TIMEOUT_S = 15.0
+STORAGE_FINISH_TIMEOUT_S = 6.0
 # past the bound: the ranks' and torch elastic's own exit (a second or two here)
 END_SLACK_S = 5.0
 
 
 @pytest.mark.exclusive
-@pytest.mark.parametrize(
-    ("engine", "lost"), [("elastic", "refuses"), ("clustered", "hangs"), ("elastic", "hangs"), ("clustered", "errors")]
-)
+# each way of losing the server once, each engine at least once (every engine's end is bounded
+# with the server down from the start below, and with the storage down)
+@pytest.mark.parametrize(("engine", "lost"), [("elastic", "refuses"), ("elastic", "hangs"), ("clustered", "errors")])
 def test_server_lost_for_good_the_job_ends_in_time_and_sync_brings_every_row(
     tmp_path: Path, s3: S3Server, wandb_server: WandbServer, engine: str, lost: str
 ) -> None:
@@ -283,13 +284,14 @@ def test_server_down_for_the_whole_job_its_rows_outlive_the_pods_and_sync_once(
 def test_storage_down_never_fails_or_holds_training(tmp_path: Path, s3: S3Server, engine: str) -> None:
     s3.kill()
     try:
-        options = {"run_mode": "new", "persist_interval": 1.0, "finish_timeout": FINISH_TIMEOUT_S}
+        # offline: only the last copy, which storage refuses until its share runs out, holds the end
+        options = {"run_mode": "new", "persist_interval": 1.0, "finish_timeout": STORAGE_FINISH_TIMEOUT_S}
         job, _ = run_job(engine, tmp_path, s3, options, {}, nodes=1, inputs={"steps": 40, "interval_s": 0.1})
     finally:
         s3.start()
     assert job.errors == [], job.logs
     last_return = max(f["returned_at"] for f in job.facts.values())
-    assert job.ended_at - last_return < FINISH_TIMEOUT_S + END_SLACK_S
+    assert job.ended_at - last_return < STORAGE_FINISH_TIMEOUT_S + END_SLACK_S
     logs = "".join(job.logs)
     # each rank warns once, though it tried every second and once more at its end
     assert logs.count("could not copy the W&B run files") == 2, logs

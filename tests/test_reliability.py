@@ -24,7 +24,7 @@ pytestmark = pytest.mark.launch
 
 B = "r1-a0"
 ONE_NODE = {"nnodes": 1, "nproc_per_node": 2, "project": "p"}
-# monitor interval (1 s) + rank shutdown + W&B finish; far below the 60 s sleeps below
+# monitor interval (0.1 s) + rank shutdown + W&B finish; far below the 60 s sleeps below
 JOB_END_BOUND_S = 25
 
 
@@ -182,7 +182,8 @@ def test_every_row_of_a_heavy_job_is_kept(tmp_path: Path, run_mode: str) -> None
         assert all(len([k for k in row if not k.startswith("_")]) == 10 for row in run.rows)
 
 
-@pytest.mark.parametrize("run_mode", ["auto", "shared", "new"])
+# `auto`'s one writer is `shared`'s first (rank 0, the run of the same id)
+@pytest.mark.parametrize("run_mode", ["shared", "new"])
 def test_restarted_worker_group_reopens_its_runs_and_loses_nothing(tmp_path: Path, run_mode: str) -> None:
     config = {**ONE_NODE, "run_mode": run_mode, "max_restarts": 1}
     # the first start checkpoints (every rank its shard), the restarted one loads the checkpoint
@@ -193,7 +194,7 @@ def test_restarted_worker_group_reopens_its_runs_and_loses_nothing(tmp_path: Pat
     writers: dict[tuple[str, str], list] = {}
     for run in result.runs:
         writers.setdefault((run.run_id, run.label), []).append(run)
-    assert len(writers) == {"auto": 1, "shared": 2, "new": 2}[run_mode]
+    assert len(writers) == 2  # two writers of one run, or two runs
     for files in writers.values():
         files.sort(key=lambda r: r.config["flyte"]["restart_count"])
         assert [f.config["flyte"]["restart_count"] for f in files] == [0, 1]
