@@ -31,7 +31,7 @@ from tests.conftest import (
 )
 from tests.records import POD_ENV, assert_links_back, console_url, records
 from tests.serialize import deploy_path_spec, links, serialize
-from tests.test_launch import ONE_NODE, STEPS, TWO_NODES, _check_rows
+from tests.test_launch import STEPS, TWO_NODES, _check_rows
 
 pytestmark = pytest.mark.launch
 
@@ -86,8 +86,8 @@ def _check_launch(result: Launch, config: dict[str, Any], task: str, expected: l
 
 
 # Each layout with one of the two APIs (the environment's `train`, upstream's `@wandb_init`), so
-# that a layout run on one node and on two runs with both, and each API covers every run mode.
-ONE_NODE_CASES = [("train", "auto", "global"), ("train_decorated", "shared", "global"), ("train", "new", "global")]
+# that each API covers every run mode. Jobs of one pod are launched below (failures, restarts, a
+# W&B service per node, the local run).
 TWO_NODE_CASES = [
     ("train_decorated", "auto", "global"),
     ("train", "auto", "worker"),
@@ -96,13 +96,6 @@ TWO_NODE_CASES = [
     ("train_decorated", "new", "global"),
     ("train", "new", "worker"),
 ]
-
-
-@pytest.mark.parametrize(("task", "run_mode", "rank_scope"), ONE_NODE_CASES)
-def test_one_node_two_ranks(tmp_path: Path, task: str, run_mode: str, rank_scope: str) -> None:
-    config = {"replicas": 1, "nproc_per_node": 2, "project": "p", "run_mode": run_mode, "rank_scope": rank_scope}
-    result = launch_clustered(tmp_path, config, inputs={"steps": STEPS, **TASKS[task]}, task=task)
-    _check_launch(result, config, task, ONE_NODE[(run_mode, rank_scope)])
 
 
 @pytest.mark.parametrize(("task", "run_mode", "rank_scope"), TWO_NODE_CASES)

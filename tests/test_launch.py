@@ -96,46 +96,45 @@ def _check_flyte_metadata(result: Launch, nproc_per_node: int) -> None:
         assert flyte["local_rank"] == flyte["rank"] % nproc_per_node
 
 
-@pytest.mark.parametrize(("run_mode", "rank_scope"), list(ONE_NODE))
-def test_one_node_two_ranks(tmp_path: Path, run_mode: str, rank_scope: str) -> None:
-    config = {"nnodes": 1, "nproc_per_node": 2, "project": "p", "run_mode": run_mode, "rank_scope": rank_scope}
-    config.update(tags=["mine"], notes="my notes")
-    # the pod knows the Flyte console's endpoint, as the backend tells every pod
-    result = launch(tmp_path, config, inputs={"steps": STEPS}, extra_env=POD_ENV)
-    assert result.errors == []
-    assert result.outcomes[0]["result"] == sum(sum(r + s for r in range(2)) for s in range(STEPS))
-    assert result.layout() == ONE_NODE[(run_mode, rank_scope)]
-    _check_rows(result, world_size=2)
-    # get_wandb_run() returned each rank's own run, or None where the rank opened none
-    opened = {r.rows[0]["rank"]: r.run_id for r in result.runs}
-    assert {rank: facts["run_id"] for rank, facts in result.facts.items()} == {
-        rank: opened.get(rank) for rank in range(2)
-    }
-    _check_links_agree(result, config)
-    _check_flyte_metadata(result, nproc_per_node=2)
-    # and every run leads back to the Flyte action, after what the user wrote
-    assert_links_back(result.runs, console_url(), ["mine"], "my notes")
+# Every layout on two nodes, half of them logging through `get_wandb_run()`'s run and half through
+# W&B's globals (`wandb.log`, as upstream-style code writes it), so that each API covers every run
+# mode. A job on one node runs every run mode in tests/test_reliability.py.
+TWO_NODE_CASES = [
+    ("auto", "global", False),
+    ("auto", "worker", True),
+    ("shared", "global", True),
+    ("shared", "worker", False),
+    ("new", "global", False),
+    ("new", "worker", True),
+]
 
 
-@pytest.mark.parametrize(("run_mode", "rank_scope"), list(TWO_NODES))
-def test_two_nodes_two_ranks(tmp_path: Path, run_mode: str, rank_scope: str) -> None:
+@pytest.mark.parametrize(("run_mode", "rank_scope", "via_globals"), TWO_NODE_CASES)
+def test_two_nodes_two_ranks(tmp_path: Path, run_mode: str, rank_scope: str, via_globals: bool) -> None:
     config = {"nnodes": 2, "nproc_per_node": 2, "project": "p", "run_mode": run_mode, "rank_scope": rank_scope}
-    # upstream-style code: rows go through `wandb.log`, and must land exactly as `run.log`'s do
-    result = launch(tmp_path, config, inputs={"steps": STEPS, "via_globals": True}, extra_env=POD_ENV)
+    config.update(tags=["mine"], notes="my notes")
+    # each pod knows the Flyte console's endpoint, as the backend tells every pod
+    result = launch(tmp_path, config, inputs={"steps": STEPS, "via_globals": via_globals}, extra_env=POD_ENV)
     assert result.errors == [], result.logs
     # the node holding global rank 0 returns the result; the other returns None
     assert [o["result"] for o in result.outcomes] == [sum(sum(range(s, s + 4)) for s in range(STEPS)), None]
     assert result.layout() == TWO_NODES[(run_mode, rank_scope)]
-    _check_rows(result, world_size=4)
+    _check_rows(result, world_size=4)  # rows through `wandb.log` land exactly as `run.log`'s do
     assert {run.config["flyte"]["world_size"] for run in result.runs} == {4}
     _check_flyte_metadata(result, nproc_per_node=2)
     _check_links_agree(result, config)
-    assert_links_back(result.runs, console_url(), [], None)
-    # `wandb.run` is each rank's own run, where it has one
+    # and every run leads back to the Flyte action, after what the user wrote
+    assert_links_back(result.runs, console_url(), ["mine"], "my notes")
+    # get_wandb_run() returned each rank's own run, or None where the rank opened none, and so is
+    # `wandb.run` where the code imports wandb
     opened = {r.rows[0]["rank"]: r.run_id for r in result.runs}
-    assert {rank: facts["global_run_id"] for rank, facts in result.facts.items()} == {
+    assert {rank: facts["run_id"] for rank, facts in result.facts.items()} == {
         rank: opened.get(rank) for rank in range(4)
     }
+    if via_globals:
+        assert {rank: facts["global_run_id"] for rank, facts in result.facts.items()} == {
+            rank: opened.get(rank) for rank in range(4)
+        }
     assert {rank: facts["info"] for rank, facts in result.facts.items()} == {
         rank: {
             "rank": rank,
