@@ -148,15 +148,20 @@ def test_two_nodes_two_ranks(tmp_path: Path, run_mode: str, rank_scope: str, via
     }
 
 
-def test_user_id_and_group_in_new_mode(tmp_path: Path) -> None:
-    result = launch(
-        tmp_path,
-        {"nnodes": 1, "nproc_per_node": 2, "project": "p", "run_mode": "new", "id": "exp", "group": "g"},
-    )
+def test_user_id_and_group_in_new_mode_and_the_api_key_secret_never_reaches_run_files(tmp_path: Path) -> None:
+    key = "local-" + "0123456789abcdef" * 3
+    config = {"nnodes": 1, "nproc_per_node": 2, "project": "p", "run_mode": "new", "id": "exp", "group": "g"}
+    config["api_key_secret"] = "wandb-key"  # Flyte gives the pods its value as WANDB_API_KEY
+    result = launch(tmp_path, config, extra_env={"WANDB_API_KEY": key})
     assert result.errors == []
     assert result.layout() == [("exp-rank-0", "g", "", True), ("exp-rank-1", "g", "", True)]
     # a pod that knows no console endpoint: no URL, and the notes untouched; the tags still
     assert_links_back(result.runs, None, [], None)
+    # the key is in no file the runs wrote and in no rank's output
+    written = [p for p in (tmp_path / "wandb").rglob("*") if p.is_file()]
+    assert written
+    assert [p for p in written if key.encode() in p.read_bytes()] == []
+    assert all(key not in log for log in result.logs)
 
 
 def test_run_context_fills_unset_fields(tmp_path: Path) -> None:
@@ -173,15 +178,3 @@ def test_run_context_fills_unset_fields(tmp_path: Path) -> None:
     assert result.layout() == [(f"{B}-rank-0", "ctx-group", "", True), (f"{B}-rank-1", "ctx-group", "", True)]
     assert {run.project for run in result.runs} == {"declared"}
     assert_links_back(result.runs, None, ["t"], None)  # the context's tags first
-
-
-def test_api_key_secret_value_never_reaches_run_files(tmp_path: Path) -> None:
-    key = "local-" + "0123456789abcdef" * 3
-    config = {"nnodes": 1, "nproc_per_node": 2, "project": "p", "run_mode": "shared", "api_key_secret": "wandb-key"}
-    result = launch(tmp_path, config, extra_env={"WANDB_API_KEY": key})
-    assert result.errors == []
-    assert len(result.runs) == 2
-    written = [p for p in (tmp_path / "wandb").rglob("*") if p.is_file()]
-    assert written
-    assert [p for p in written if key.encode() in p.read_bytes()] == []
-    assert all(key not in log for log in result.logs)
