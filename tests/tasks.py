@@ -46,7 +46,9 @@ def train(
     if via_globals:
         import wandb  # upstream-style code imports wandb itself; its globals are this rank's run
 
-    _record_facts(rank, run, info)
+    # W&B's own page for an online run (waits for the run to open, as any use of `run.url` does)
+    urls = {"url": run.url} if run is not None and not run.offline else {}
+    _record_facts(rank, run, info, **urls)
     total = torch.tensor([0.0])
     try:
         for step in range(steps):

@@ -29,6 +29,7 @@ from tests.conftest import (
     wandb_core_processes,
     wandb_env,
 )
+from tests.online import Online
 from tests.records import POD_ENV, assert_links_back, console_url, records
 from tests.serialize import deploy_path_spec, links, serialize
 from tests.test_launch import STEPS, TWO_NODES, _check_rows
@@ -49,7 +50,8 @@ def clustered_task(config: dict[str, Any], name: str = "train") -> Any:
         os.environ.pop("CLUSTERED_CONFIG") if saved is None else os.environ.update(CLUSTERED_CONFIG=saved)
 
 
-def _check_launch(result: Launch, config: dict[str, Any], task: str, expected: list[Any]) -> None:
+def _check_launch(result: Launch, config: dict[str, Any], task: str, expected: list[Any]) -> list[str]:
+    """The launch wrote the `expected` runs, rows and metadata; the console links, which name them."""
     nnodes, nproc = config["replicas"], config["nproc_per_node"]
     world = nnodes * nproc
     assert result.errors == [], result.logs
@@ -76,18 +78,23 @@ def _check_launch(result: Launch, config: dict[str, Any], task: str, expected: l
     else:  # and otherwise, ranks without a run never import it
         assert {r: f["wandb_imported"] for r, f in result.facts.items()} == {r: r in opened for r in range(world)}
     # the console links of the same task name exactly the runs (or groups) written
-    spec = serialize(clustered_task({**config, "entity": "team"}, task), "r1", "proj", "dev", {})
+    config = {"entity": "team", **config}
+    spec = serialize(clustered_task(config, task), "r1", "proj", "dev", {})
     uris = [uri.replace("{{.actionName}}", "a0") for _, uri in links(spec)]
-    prefix = "https://wandb.ai/team/p/"
+    prefix = f"{config.get('host', 'https://wandb.ai')}/{config['entity']}/p/"
     if config["run_mode"] == "new":
         assert {u.removeprefix(prefix + "groups/") for u in uris} == {run.group for run in result.runs}
     else:
         assert {u.removeprefix(prefix + "runs/") for u in uris} == {run.run_id for run in result.runs}
+    return uris
 
 
 # Each layout with one of the two APIs (the environment's `train`, upstream's `@wandb_init`), so
 # that each API covers every run mode. Jobs of one pod are launched below (failures, restarts, a
-# W&B service per node, the local run).
+# W&B service per node, the local run). The `ONLINE` layouts log to a W&B-compatible server, their
+# runs' storage in an S3-compatible one (tests/online.py); the `new` layouts go online, through a
+# server outage, in tests/test_durable.py.
+ONLINE = {("auto", "global"), ("shared", "worker")}
 TWO_NODE_CASES = [
     ("train_decorated", "auto", "global"),
     ("train", "auto", "worker"),
@@ -99,12 +106,22 @@ TWO_NODE_CASES = [
 
 
 @pytest.mark.parametrize(("task", "run_mode", "rank_scope"), TWO_NODE_CASES)
-def test_two_nodes_two_ranks(tmp_path: Path, task: str, run_mode: str, rank_scope: str) -> None:
+def test_two_nodes_two_ranks(
+    tmp_path: Path, request: pytest.FixtureRequest, task: str, run_mode: str, rank_scope: str
+) -> None:
     config = {"replicas": 2, "nproc_per_node": 2, "project": "p", "run_mode": run_mode, "rank_scope": rank_scope}
     # each pod knows the Flyte console's endpoint, as the backend tells every pod
+    env, where = dict(POD_ENV), {}
+    online = Online.of(request) if (run_mode, rank_scope) in ONLINE else None
+    if online is not None:
+        config.update(online.options())
+        env.update(online.env())
+        where = {"run_base_dir": online.base}
     inputs = {"steps": STEPS, **TASKS[task]}
-    result = launch_clustered(tmp_path, config, inputs=inputs, task=task, extra_env=POD_ENV)
-    _check_launch(result, config, task, TWO_NODES[(run_mode, rank_scope)])
+    result = launch_clustered(tmp_path, config, inputs=inputs, task=task, extra_env=env, **where)
+    uris = _check_launch(result, config, task, TWO_NODES[(run_mode, rank_scope)])
+    if online is not None:
+        online.check(result, "p", STEPS, uris, stored=run_mode == "shared")  # the most writers
     assert_links_back(result.runs, console_url(), [], None)
 
 

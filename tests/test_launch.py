@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import Launch, assert_agrees_with_wandb_reader, launch
+from tests.online import Online
 from tests.records import POD_ENV, assert_links_back, console_url
 from tests.serialize import links, serialize
 from tests.tasks import make_task
@@ -64,12 +65,13 @@ def _check_rows(launch_result, world_size: int) -> None:
         assert run.config["flyte"]["rank"] == rank
 
 
-def _check_links_agree(result: Launch, config: dict) -> None:
-    """The console links of the same task name exactly the runs (or groups) the launch wrote."""
-    task = make_task(**config, entity="team")
+def _check_links_agree(result: Launch, config: dict) -> list[str]:
+    """The console links of the same task name exactly the runs (or groups) the launch wrote: the links."""
+    config = {"entity": "team", **config}
+    task = make_task(**config)
     # a parent submitting this task serializes it with its real run name; the backend fills the action
     uris = [uri.replace("{{.actionName}}", "a0") for _, uri in links(serialize(task, "r1", "proj", "dev", {}))]
-    prefix = "https://wandb.ai/team/p/"
+    prefix = f"{config.get('host', 'https://wandb.ai')}/{config['entity']}/p/"
     assert all(uri.startswith(prefix) for uri in uris), uris
     kinds = {uri[len(prefix) :].split("/")[0] for uri in uris}
     targets = {uri[len(prefix) :].split("/", 1)[1] for uri in uris}
@@ -79,6 +81,7 @@ def _check_links_agree(result: Launch, config: dict) -> None:
     else:
         assert kinds == {"runs"}
         assert targets == {run.run_id for run in result.runs}
+    return uris
 
 
 def _check_flyte_metadata(result: Launch, nproc_per_node: int) -> None:
@@ -98,7 +101,10 @@ def _check_flyte_metadata(result: Launch, nproc_per_node: int) -> None:
 
 # Every layout on two nodes, half of them logging through `get_wandb_run()`'s run and half through
 # W&B's globals (`wandb.log`, as upstream-style code writes it), so that each API covers every run
-# mode. A job on one node runs every run mode in tests/test_reliability.py.
+# mode. A job on one node runs every run mode in tests/test_reliability.py. The `ONLINE` layouts
+# log to a W&B-compatible server, their runs' storage in an S3-compatible one (tests/online.py);
+# the `new` layouts go online, through a server outage, in tests/test_durable.py.
+ONLINE = {("auto", "worker"), ("shared", "global")}
 TWO_NODE_CASES = [
     ("auto", "global", False),
     ("auto", "worker", True),
@@ -110,11 +116,19 @@ TWO_NODE_CASES = [
 
 
 @pytest.mark.parametrize(("run_mode", "rank_scope", "via_globals"), TWO_NODE_CASES)
-def test_two_nodes_two_ranks(tmp_path: Path, run_mode: str, rank_scope: str, via_globals: bool) -> None:
+def test_two_nodes_two_ranks(
+    tmp_path: Path, request: pytest.FixtureRequest, run_mode: str, rank_scope: str, via_globals: bool
+) -> None:
     config = {"nnodes": 2, "nproc_per_node": 2, "project": "p", "run_mode": run_mode, "rank_scope": rank_scope}
     config.update(tags=["mine"], notes="my notes")
     # each pod knows the Flyte console's endpoint, as the backend tells every pod
-    result = launch(tmp_path, config, inputs={"steps": STEPS, "via_globals": via_globals}, extra_env=POD_ENV)
+    env, where = dict(POD_ENV), {}
+    online = Online.of(request) if (run_mode, rank_scope) in ONLINE else None
+    if online is not None:
+        config.update(online.options())
+        env.update(online.env())
+        where = {"run_base_dir": online.base}
+    result = launch(tmp_path, config, inputs={"steps": STEPS, "via_globals": via_globals}, extra_env=env, **where)
     assert result.errors == [], result.logs
     # the node holding global rank 0 returns the result; the other returns None
     assert [o["result"] for o in result.outcomes] == [sum(sum(range(s, s + 4)) for s in range(STEPS)), None]
@@ -122,7 +136,9 @@ def test_two_nodes_two_ranks(tmp_path: Path, run_mode: str, rank_scope: str, via
     _check_rows(result, world_size=4)  # rows through `wandb.log` land exactly as `run.log`'s do
     assert {run.config["flyte"]["world_size"] for run in result.runs} == {4}
     _check_flyte_metadata(result, nproc_per_node=2)
-    _check_links_agree(result, config)
+    uris = _check_links_agree(result, config)
+    if online is not None:
+        online.check(result, "p", STEPS, uris, stored=run_mode == "shared")  # the most writers
     # and every run leads back to the Flyte action, after what the user wrote
     assert_links_back(result.runs, console_url(), ["mine"], "my notes")
     # get_wandb_run() returned each rank's own run, or None where the rank opened none, and so is
