@@ -30,9 +30,18 @@ DELETE_AFTER_S = 5.0
 TERMINATION_GRACE_S = 30.0
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Under pytest-xdist with `--dist loadgroup` (the README's command), every launch runs on one
+    worker, in order, while the other runs the tests that start no job: two launches at once on a
+    2-core machine would only slow each other."""
+    for item in items:
+        if item.get_closest_marker("launch") is not None:
+            item.add_marker(pytest.mark.xdist_group("launches"))
+
+
 @pytest.fixture(autouse=True)
 def _alone_if_exclusive(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    """Under pytest-xdist (the README's `-n 2`), a test marked `exclusive` runs alone.
+    """Under pytest-xdist (the README's `-n 2 --dist loadgroup`), a test marked `exclusive` runs alone.
 
     Those tests measure time (an end's bound, a pace, a kill timed against a copy), which a
     launch on the other worker would stretch on a 2-core machine; the rest run two at a time.
