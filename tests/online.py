@@ -51,9 +51,9 @@ class Online:
             return
         done = cli("inspect", "--json", self.base, env=self.s3.env())
         assert done.returncode == 0, done.stderr
-        stored = json.loads(done.stdout)
-        assert sorted(r["run_id"] for r in stored) == sorted(f["run_id"] for f in job.facts.values() if f["run_id"])
-        assert all(r["steps"] == steps and r["exit_code"] == 0 for r in stored)
+        copies = json.loads(done.stdout)
+        assert sorted(r["run_id"] for r in copies) == sorted(f["run_id"] for f in job.facts.values() if f["run_id"])
+        assert all(r["steps"] == steps and r["exit_code"] == 0 for r in copies)
         done = cli("sync", self.base, env=self.env())
         assert done.returncode == 0, done.stderr
-        assert f"0 synced, {len(stored)} already synced, 0 failed" in done.stdout
+        assert f"0 synced, {len(copies)} already synced, 0 failed" in done.stdout

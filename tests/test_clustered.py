@@ -111,7 +111,8 @@ def test_two_nodes_two_ranks(
 ) -> None:
     config = {"replicas": 2, "nproc_per_node": 2, "project": "p", "run_mode": run_mode, "rank_scope": rank_scope}
     # each pod knows the Flyte console's endpoint, as the backend tells every pod
-    env, where = dict(POD_ENV), {}
+    env: dict[str, str] = dict(POD_ENV)
+    where: dict[str, Any] = {}
     online = Online.of(request) if (run_mode, rank_scope) in ONLINE else None
     if online is not None:
         config.update(online.options())
