@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import Launch, cli
+from tests.records import POD_ENV
 from tests.servers import ENTITY, S3Server, WandbServer
 
 
@@ -24,9 +25,6 @@ class Online:
     def of(cls, request: pytest.FixtureRequest) -> Online:
         s3: S3Server = request.getfixturevalue("s3")
         return cls(request.getfixturevalue("shared_wandb"), s3, s3.uri(uuid.uuid4().hex[:8], "r1"))
-
-    def options(self) -> dict[str, Any]:
-        return {"host": self.server.url, "entity": ENTITY}
 
     def env(self) -> dict[str, str]:
         return {**self.server.env(), **self.s3.env()}
@@ -57,3 +55,16 @@ class Online:
         done = cli("sync", self.base, env=self.env())
         assert done.returncode == 0, done.stderr
         assert f"0 synced, {len(copies)} already synced, 0 failed" in done.stdout
+
+
+def layout_launch(
+    request: pytest.FixtureRequest, online: bool, config: dict[str, Any]
+) -> tuple[Online | None, dict[str, Any]]:
+    """The servers of a layout matrix's job, if it goes `online` (their options added to `config`), and
+    its launch's keyword arguments: every pod knows the Flyte console's endpoint, as the backend
+    tells every pod, and an online job's pods reach the servers and store the runs in the S3 one."""
+    if not online:
+        return None, {"extra_env": dict(POD_ENV)}
+    servers = Online.of(request)
+    config.update(host=servers.server.url, entity=ENTITY)
+    return servers, {"extra_env": {**POD_ENV, **servers.env()}, "run_base_dir": servers.base}

@@ -29,8 +29,8 @@ from tests.conftest import (
     wandb_core_processes,
     wandb_env,
 )
-from tests.online import Online
-from tests.records import POD_ENV, assert_links_back, console_url, records
+from tests.online import layout_launch
+from tests.records import assert_links_back, console_url, records
 from tests.serialize import deploy_path_spec, links, serialize
 from tests.test_launch import STEPS, TWO_NODES, _check_rows
 
@@ -110,16 +110,9 @@ def test_two_nodes_two_ranks(
     tmp_path: Path, request: pytest.FixtureRequest, task: str, run_mode: str, rank_scope: str
 ) -> None:
     config = {"replicas": 2, "nproc_per_node": 2, "project": "p", "run_mode": run_mode, "rank_scope": rank_scope}
-    # each pod knows the Flyte console's endpoint, as the backend tells every pod
-    env: dict[str, str] = dict(POD_ENV)
-    where: dict[str, Any] = {}
-    online = Online.of(request) if (run_mode, rank_scope) in ONLINE else None
-    if online is not None:
-        config.update(online.options())
-        env.update(online.env())
-        where = {"run_base_dir": online.base}
+    online, where = layout_launch(request, (run_mode, rank_scope) in ONLINE, config)
     inputs = {"steps": STEPS, **TASKS[task]}
-    result = launch_clustered(tmp_path, config, inputs=inputs, task=task, extra_env=env, **where)
+    result = launch_clustered(tmp_path, config, inputs=inputs, task=task, **where)
     uris = _check_launch(result, config, task, TWO_NODES[(run_mode, rank_scope)])
     if online is not None:
         online.check(result, "p", STEPS, uris, stored=run_mode == "shared")  # the most writers

@@ -7,13 +7,12 @@ planner, so a planner bug shows up here as a mismatch.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from tests.conftest import Launch, assert_agrees_with_wandb_reader, launch
-from tests.online import Online
-from tests.records import POD_ENV, assert_links_back, console_url
+from tests.online import layout_launch
+from tests.records import assert_links_back, console_url
 from tests.serialize import links, serialize
 from tests.tasks import make_task
 
@@ -122,15 +121,8 @@ def test_two_nodes_two_ranks(
 ) -> None:
     config = {"nnodes": 2, "nproc_per_node": 2, "project": "p", "run_mode": run_mode, "rank_scope": rank_scope}
     config.update(tags=["mine"], notes="my notes")
-    # each pod knows the Flyte console's endpoint, as the backend tells every pod
-    env: dict[str, str] = dict(POD_ENV)
-    where: dict[str, Any] = {}
-    online = Online.of(request) if (run_mode, rank_scope) in ONLINE else None
-    if online is not None:
-        config.update(online.options())
-        env.update(online.env())
-        where = {"run_base_dir": online.base}
-    result = launch(tmp_path, config, inputs={"steps": STEPS, "via_globals": via_globals}, extra_env=env, **where)
+    online, where = layout_launch(request, (run_mode, rank_scope) in ONLINE, config)
+    result = launch(tmp_path, config, inputs={"steps": STEPS, "via_globals": via_globals}, **where)
     assert result.errors == [], result.logs
     # the node holding global rank 0 returns the result; the other returns None
     assert [o["result"] for o in result.outcomes] == [sum(sum(range(s, s + 4)) for s in range(STEPS)), None]
