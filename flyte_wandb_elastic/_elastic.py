@@ -16,6 +16,7 @@ from ._deadline import DEFAULT_FINISH_TIMEOUT_S
 from ._hooks import RankHooks
 from ._node_service import node_service
 from ._task_spec import check_env_vars, check_sync, node_shares_a_service, with_api_key, with_wandb_links
+from ._zombie_watchdog import in_place_of_the_plugins
 
 
 @dataclass(kw_only=True)
@@ -46,7 +47,8 @@ class WandbElasticTask(TorchFunctionTask):
 
     async def execute(self, *args: Any, **kwargs: Any) -> Any:
         # Runs in the launching process (one per node): hand torch elastic the function with the
-        # hooks around it, and share one W&B service among this node's ranks when several log.
+        # hooks around it, and share one W&B service among this node's ranks when several log. The
+        # plugin's zombie watchdog is replaced by one that never fails a job whose ranks all returned.
         hooked = copy.copy(self)
         config = self.plugin_config
         hooked.func = RankHooks(
@@ -55,7 +57,8 @@ class WandbElasticTask(TorchFunctionTask):
         ctx = flyte.ctx()
         shares = node_shares_a_service(ctx, config.wandb_options(), self.max_nodes, config.nproc_per_node)
         finish_timeout = config.wandb_options().resolved(ctx.custom_context if ctx else {}).finish_timeout
-        with node_service(finish_timeout or DEFAULT_FINISH_TIMEOUT_S) if shares else contextlib.nullcontext():
+        service = node_service(finish_timeout or DEFAULT_FINISH_TIMEOUT_S) if shares else contextlib.nullcontext()
+        with service, in_place_of_the_plugins():
             return await TorchFunctionTask.execute(hooked, *args, **kwargs)
 
 

@@ -185,8 +185,15 @@ def launch(
     outcomes = []
     for node in range(nnodes):
         out = tmp / f"node-{node}.json"
-        outcomes.append(json.loads(out.read_text()) if out.exists() else {"error": "node wrote no outcome"})
+        outcomes.append(json.loads(out.read_text()) if out.exists() else _no_outcome(tmp, node, procs[node][0]))
     return _collected(tmp, nnodes, outcomes, wall_s, ended_at, pods, killed)
+
+
+def _no_outcome(tmp: Path, node: int, proc: subprocess.Popen[bytes]) -> dict[str, str]:
+    """A node process that ended without writing its outcome (killed, or `os._exit`): its exit code
+    and the end of its log, so that a failure says why."""
+    tail = (tmp / f"node-{node}.log").read_text(errors="replace").splitlines()[-8:]
+    return {"error": f"node wrote no outcome (exit code {proc.returncode}); its log ends:\n" + "\n".join(tail)}
 
 
 def _pod_env(tmp: Path, node: int, pods: bool) -> dict[str, str]:
