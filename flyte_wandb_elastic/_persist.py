@@ -114,11 +114,21 @@ class RunFilesCopier:
         prefix: The storage prefix of this writer (see `run_files_prefix`).
         interval_s: Seconds between copies.
         quiet: Whether failed copies are only logged at debug level, not warned about.
+        compact_parts: How many parts make a segment, and segments an index (`COMPACT_PARTS`; the
+            tests drive whole index cycles with fewer).
     """
 
-    def __init__(self, run_dir: str | Path, prefix: str, interval_s: float, quiet: bool = False) -> None:
+    def __init__(
+        self,
+        run_dir: str | Path,
+        prefix: str,
+        interval_s: float,
+        quiet: bool = False,
+        compact_parts: int = COMPACT_PARTS,
+    ) -> None:
         self.run_dir = Path(run_dir)
         self.quiet = quiet
+        self.compact_parts = compact_parts
         self.uri = _storage.join(prefix, self.run_dir.name)
         self.interval_s = interval_s
         self.bytes_sent = 0
@@ -344,7 +354,7 @@ class RunFilesCopier:
             self.manifest.files.setdefault(relative, []).append(part)
             self._pieces_sent += 1
             self._unsealed.setdefault(relative, []).append(part)
-            if len(self._unsealed[relative]) >= COMPACT_PARTS:
+            if len(self._unsealed[relative]) >= self.compact_parts:
                 self._compact(path, relative)
         else:
             stat = path.stat()
@@ -378,7 +388,7 @@ class RunFilesCopier:
         self._lingering[relative] = (parts[-1], sorted(keys))
         self.manifest.files[relative] = [p for p in self.manifest.files[relative] if p.key not in keys] + [segment]
         self._sealed.setdefault(relative, []).append(segment)
-        if len(self._sealed[relative]) - self._indexed.get(relative, 0) >= COMPACT_PARTS:
+        if len(self._sealed[relative]) - self._indexed.get(relative, 0) >= self.compact_parts:
             self._index(relative)
 
     def _index(self, relative: str) -> None:
@@ -410,7 +420,7 @@ class RunFilesCopier:
 
     def _delete_doomed(self) -> None:
         """Delete the parts that no manifest of the last `COMPACT_PARTS` copies names (in one request)."""
-        due = [entry for entry in self._doomed if entry[0] <= self.manifest.copies - COMPACT_PARTS]
+        due = [entry for entry in self._doomed if entry[0] <= self.manifest.copies - self.compact_parts]
         if due:
             _storage.delete([_storage.join(self.uri, key) for _, keys in due for key in keys], self._calls)
             self._doomed = [entry for entry in self._doomed if entry not in due]

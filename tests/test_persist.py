@@ -15,7 +15,7 @@ import pytest
 import wandb
 
 from flyte_wandb_elastic._manifest import MANIFESTS
-from flyte_wandb_elastic._persist import COMPACT_PARTS, SYNCED_MARKER, RunFilesCopier, fetch_copies
+from flyte_wandb_elastic._persist import SYNCED_MARKER, RunFilesCopier, fetch_copies
 from flyte_wandb_elastic._runfiles import read_run_files
 from flyte_wandb_elastic._stored_runs import StoredRuns
 from tests.servers import S3Server
@@ -48,7 +48,7 @@ def test_each_copy_sends_only_what_is_new_and_the_copies_read_back_whole(wandb_o
 
 
 def test_a_long_copy_reads_back_whole_by_its_index_and_without_its_manifest(tmp_path: Path) -> None:
-    """A real log copied over more than COMPACT_PARTS**2 copies (its segments in an index) to a
+    """A real log copied over more than 4**2 copies (4 parts a segment: its segments in an index) to a
     local directory: `inspect`'s reader and a report reader starting from the beginning get every
     row back through the index, and so does the reader of copies without a manifest (an earlier
     version's), which passes over the index."""
@@ -62,8 +62,8 @@ def test_a_long_copy_reads_back_whole_by_its_index_and_without_its_manifest(tmp_
     pod = tmp_path / "pod" / written.parent.name
     pod.mkdir(parents=True)
     storage = tmp_path / "storage" / "wandb" / "a0"
-    copier = RunFilesCopier(pod, str(storage / "rank-0"), interval_s=3600)
-    copies = COMPACT_PARTS**2 + COMPACT_PARTS + 3
+    copier = RunFilesCopier(pod, str(storage / "rank-0"), interval_s=3600, compact_parts=4)
+    copies = 4**2 + 4 + 3
     for k in range(1, copies + 1):
         (pod / "run-long.wandb").write_bytes(whole[: len(whole) * k // copies])
         assert copier.copy()
