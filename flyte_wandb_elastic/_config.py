@@ -109,3 +109,8 @@ def _check_elastic(config: Elastic) -> None:
         raise invalid("monitor_interval", config.monitor_interval, "a number of seconds > 0")
     if not isinstance(config.rdzv_configs, dict):
         raise invalid("rdzv_configs", config.rdzv_configs, "a dict")
+
+
+# Declaring a task of a `WandbElastic` environment needs its task type registered with Flyte,
+# whichever way `WandbElastic` was imported.
+from . import _elastic  # noqa: E402, F401

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import ast
 import re
+import subprocess
+import sys
 
 import pytest
 
@@ -83,3 +85,14 @@ def test_layout_command_draws_a_job(capsys: pytest.CaptureFixture[str]) -> None:
         "    base-worker-0",
         "    base-worker-1",
     ]
+
+
+def test_the_command_line_starts_without_torch_wandb_or_the_plugins() -> None:
+    # the package's public names load on first use: `layout`, `inspect` and `sync` start at once
+    command = [sys.executable, "-X", "importtime", "-m", "flyte_wandb_elastic", "layout", "--nodes", "2"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("auto / global, 2 x 2 ranks")
+    imported = {line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines() if line.startswith("import time:")}
+    assert "flyte_wandb_elastic._diagram" in imported
+    assert not imported & {"torch", "wandb", "flyteplugins", "flyteplugins.pytorch"}, sorted(imported)
