@@ -204,7 +204,7 @@ def _run(tmp: Path, s3: S3Server, args: argparse.Namespace) -> None:
         def refresh_in_thread(took: list[float] = took) -> None:
             from flyte_wandb_elastic._rank_run import lower_this_threads_priority
 
-            lower_this_threads_priority()
+            lower_this_threads_priority(lowest=True)  # as the report's thread
             started, cpu = time.perf_counter(), time.thread_time()
             if args.by == "summaries":
                 summaries[0].write()

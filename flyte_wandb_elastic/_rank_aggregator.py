@@ -63,7 +63,7 @@ class RankAggregator:
         """Log a row of aggregates every `interval_s` seconds, from a thread of its own."""
 
         def loop() -> None:
-            lower_this_threads_priority()
+            lower_this_threads_priority(lowest=True)
             while not self._stop.wait(self.interval_s):
                 self.log_once()
 

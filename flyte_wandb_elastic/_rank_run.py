@@ -51,15 +51,19 @@ NICE_INCREMENT = 10
 MIN_ONLINE_INIT_S = 2.0
 
 
-def lower_this_threads_priority() -> None:
+def lower_this_threads_priority(lowest: bool = False) -> None:
     """Make the calling thread yield the CPU to training where the two compete (Linux; else nothing).
 
     On Linux a thread has a nice value of its own, and the processes it starts (a W&B service)
     inherit it: W&B's start-up work then runs in the gaps that training leaves, not in its place.
+    With `lowest`, the lowest priority there is (nice 19), for work that only shows what storage
+    holds (the report's tab, the ranks' aggregates); the storage client's threads follow the
+    calling thread down (`_storage`).
     """
     try:
         tid = threading.get_native_id()
-        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + NICE_INCREMENT))
+        lowered = 19 if lowest else min(19, os.getpriority(os.PRIO_PROCESS, tid) + NICE_INCREMENT)
+        os.setpriority(os.PRIO_PROCESS, tid, lowered)
     except (AttributeError, OSError):  # not Linux, or not allowed
         pass
 

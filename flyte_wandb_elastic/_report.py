@@ -101,7 +101,7 @@ class ReportTab:
         """Write the tab now and every `interval_s` seconds after, from a thread of its own."""
 
         def loop() -> None:
-            lower_this_threads_priority()
+            lower_this_threads_priority(lowest=True)
             self.write(final=False)
             while not self._stop.wait(self.interval_s):
                 self.write(final=False)

@@ -393,3 +393,49 @@ def test_copies_without_a_manifest_and_one_writers_uri_read_back_whole(
     assert not s3.list_keys(f"old/wandb/a0/{MANIFESTS}/")
     [legacy] = read_run_files(fetch_copies(s3.uri("old"), tmp_path / "legacy"))
     assert legacy.rows == truth
+
+
+_PRIORITIES = """
+import json, os, sys, threading
+from flyte_wandb_elastic import _storage
+from flyte_wandb_elastic._rank_run import lower_this_threads_priority
+
+def clients():  # the nice values of the storage client's threads
+    nice = set()
+    for task in os.listdir("/proc/self/task"):
+        try:
+            if open(f"/proc/self/task/{task}/comm").read().strip() == _storage.CLIENT_THREAD:
+                nice.add(os.getpriority(os.PRIO_PROCESS, int(task)))
+        except OSError:  # ended meanwhile
+            pass
+    return sorted(nice)
+
+uri = sys.argv[1]
+_storage.put_bytes(uri, b"x")  # from the main thread: the client's threads start at its priority
+facts = {"main": os.getpriority(os.PRIO_PROCESS, 0), "first": clients()}
+
+def refresh():  # as the report's thread does
+    lower_this_threads_priority(lowest=True)
+    _storage.read_many([uri])
+
+thread = threading.Thread(target=refresh)
+thread.start()
+thread.join()
+facts["lowered"] = clients()
+_storage.read_bytes(uri)  # the main thread again
+facts["after"] = clients()
+print(json.dumps(facts))
+"""
+
+
+def test_the_storage_clients_threads_follow_a_lowered_thread_down(s3: S3Server) -> None:
+    # a refresh at the lowest priority has its requests handled at that priority too, not at
+    # training's by the client's own threads (real S3 requests from a process of its own)
+    env = {**os.environ, **s3.env()}
+    command = [sys.executable, "-c", _PRIORITIES, s3.uri("priority", "x")]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    facts = json.loads(done.stdout)
+    assert facts["main"] < 19
+    assert facts["first"] == [facts["main"]]
+    assert facts["lowered"] == facts["after"] == [19]
