@@ -85,7 +85,7 @@ def in_place_of_the_plugins() -> Iterator[None]:
     from flyteplugins.pytorch import task as pytorch_task  # torch: only where the plugin runs anyway
 
     original = getattr(pytorch_task, "_start_zombie_watchdog", None)
-    if original is None:  # a plugin version without one: nothing to replace
+    if original is None or original is start_zombie_watchdog:  # none to replace, or replaced already
         yield
         return
     pytorch_task._start_zombie_watchdog = start_zombie_watchdog

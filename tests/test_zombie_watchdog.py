@@ -50,3 +50,17 @@ def test_the_plugins_watchdog_ends_the_healthy_one() -> None:
     # why the package replaces it: the same moment of uncollected workers ends the pod with 1
     result = _parent("plugin")
     assert (result.returncode, result.stdout) == (1, "")
+
+
+def test_the_plugin_starts_ours_only_within_a_wandb_elastic_tasks_execute() -> None:
+    from flyteplugins.pytorch import task as pytorch_task
+
+    from flyte_wandb_elastic._zombie_watchdog import in_place_of_the_plugins, start_zombie_watchdog
+
+    plugins = pytorch_task._start_zombie_watchdog
+    with in_place_of_the_plugins():
+        assert pytorch_task._start_zombie_watchdog is start_zombie_watchdog
+        with in_place_of_the_plugins():  # a second task's execute in the same process
+            assert pytorch_task._start_zombie_watchdog is start_zombie_watchdog
+        assert pytorch_task._start_zombie_watchdog is start_zombie_watchdog
+    assert pytorch_task._start_zombie_watchdog is plugins
