@@ -27,6 +27,8 @@ from typing import Any, TypeVar
 
 import flyte.storage as storage
 
+from ._procfs import threads_named
+
 T = TypeVar("T")
 
 # Requests a reader makes at a time (reads of many small objects are bound by round trips).
@@ -72,16 +74,12 @@ def _client_threads_at_my_priority() -> None:
         mine = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
         if mine <= os.getpriority(os.PRIO_PROCESS, os.getpid()):  # not lowered: nothing to do
             return
-        tasks = os.listdir("/proc/self/task")
     except (AttributeError, OSError):  # not Linux
         return
-    for task in tasks:
+    for thread in threads_named(CLIENT_THREAD):
         try:
-            with open(f"/proc/self/task/{task}/comm") as comm:
-                if comm.read().strip() != CLIENT_THREAD:
-                    continue
-            if os.getpriority(os.PRIO_PROCESS, int(task)) < mine:
-                os.setpriority(os.PRIO_PROCESS, int(task), mine)
+            if os.getpriority(os.PRIO_PROCESS, thread) < mine:
+                os.setpriority(os.PRIO_PROCESS, thread, mine)
         except OSError:  # gone meanwhile, or not allowed
             continue
 

@@ -24,6 +24,7 @@ from ._alerts import Alert
 from ._deadline import DEFAULT_FINISH_TIMEOUT_S, INIT_SHARE, WANDB_SHARE
 from ._options import WandbOptions
 from ._planner import RankPlan
+from ._procfs import children
 from ._queued import Queued
 from ._rank_run import CreationSlot, service_lost
 from ._runfiles import local_wandb_dir, writers_dir
@@ -497,16 +498,14 @@ def kill_own_services() -> None:
     """
     import signal
 
-    me = str(os.getpid())
-    for proc in Path("/proc").glob("[0-9]*"):
+    for pid in children():
         try:
-            ppid = (proc / "stat").read_text().rpartition(")")[2].split()[1]
-            cmdline = (proc / "cmdline").read_bytes()
+            cmdline = Path("/proc", str(pid), "cmdline").read_bytes()
             # a detached one is the node's service (clustered): its other ranks may still use it,
             # and it stops by itself once none is connected
-            if ppid == me and b"wandb-core" in cmdline and b"--detached" not in cmdline:
-                os.kill(int(proc.name), signal.SIGKILL)
-        except (OSError, ValueError, IndexError):
+            if b"wandb-core" in cmdline and b"--detached" not in cmdline:
+                os.kill(pid, signal.SIGKILL)
+        except OSError:  # gone meanwhile
             continue
     os.environ.pop(wandb_env.SERVICE, None)
     _send_no_telemetry()

@@ -6,8 +6,8 @@ are `nproc_per_node` of them it takes the agent for deadlocked (torch's agent ca
 `multiprocessing.Event.set()` when every worker died at once) and ends the process with exit code
 1. But a healthy agent also leaves its workers uncollected for a moment: it releases them all at
 once when the last returns, and collects them as they exit, so on a busy node they are all
-zombies together for tens of milliseconds. A check that falls in that moment failed a job whose
-ranks had all returned (seen about once in a few hundred launches on a 2-core machine).
+zombies together for tens of milliseconds. A check that falls in that moment fails a job whose
+ranks have all returned.
 
 This watchdog counts the same way, then looks again `confirm_s` later: a deadlocked agent never
 collects its zombies, a healthy one has. It ends the process only if the same zombies are still
@@ -22,32 +22,17 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from ._procfs import children
+
 logger = logging.getLogger(__name__)
 
 CHECK_INTERVAL_S = 10.0
 CONFIRM_S = 1.0
 
 
-def zombie_children(parent: int | None = None) -> set[int]:
-    """The pids of `parent`'s (this process's) children that have exited and not been collected."""
-    parent = os.getpid() if parent is None else parent
-    zombies: set[int] = set()
-    try:
-        entries = os.listdir("/proc")
-    except OSError:  # no procfs: nothing to watch
-        return zombies
-    for entry in entries:
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                stat = f.read()
-        except OSError:  # gone meanwhile
-            continue
-        state, ppid = stat[stat.rfind(")") + 2 :].split()[:2]  # the name may hold spaces and parentheses
-        if state == "Z" and int(ppid) == parent:
-            zombies.add(int(entry))
-    return zombies
+def zombie_children() -> set[int]:
+    """This process's children that have exited and not been collected."""
+    return {pid for pid, state in children().items() if state == "Z"}
 
 
 def start_zombie_watchdog(

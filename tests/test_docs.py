@@ -96,3 +96,9 @@ def test_the_command_line_starts_without_torch_wandb_or_the_plugins() -> None:
     imported = {line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines() if line.startswith("import time:")}
     assert "flyte_wandb_elastic._diagram" in imported
     assert not imported & {"torch", "wandb", "flyteplugins", "flyteplugins.pytorch"}, sorted(imported)
+
+
+def test_every_public_name_resolves() -> None:
+    # the package's names load on first use: each one of `__all__` must be there
+    assert all(getattr(flyte_wandb_elastic, name) is not None for name in flyte_wandb_elastic.__all__)
+    assert set(flyte_wandb_elastic.__all__) <= set(dir(flyte_wandb_elastic))

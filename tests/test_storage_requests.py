@@ -398,14 +398,14 @@ def test_copies_without_a_manifest_and_one_writers_uri_read_back_whole(
 _PRIORITIES = """
 import json, os, sys, threading
 from flyte_wandb_elastic import _storage
+from flyte_wandb_elastic._procfs import threads_named
 from flyte_wandb_elastic._rank_run import lower_this_threads_priority
 
 def clients():  # the nice values of the storage client's threads
     nice = set()
-    for task in os.listdir("/proc/self/task"):
+    for thread in threads_named(_storage.CLIENT_THREAD):
         try:
-            if open(f"/proc/self/task/{task}/comm").read().strip() == _storage.CLIENT_THREAD:
-                nice.add(os.getpriority(os.PRIO_PROCESS, int(task)))
+            nice.add(os.getpriority(os.PRIO_PROCESS, thread))
         except OSError:  # ended meanwhile
             pass
     return sorted(nice)
