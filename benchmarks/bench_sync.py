@@ -11,7 +11,8 @@
    the same run directories as wandb wrote them (already on local disk); each checked by the
    server's own record of finished runs. Then a second `sync`, which must send nothing.
 
-Prints runs per second for each. CPU heavy (the W&B server, wandb-core and the readers share the
+Prints runs per second for each, and the requests each server received per run (from its access
+log). CPU heavy (the W&B server, wandb-core and the readers share the
 machine): on a shared machine, run it under the launch lock.
 """
 
@@ -103,8 +104,16 @@ def _store(runs: list[Path], base: str, env: dict[str, str]) -> None:
 
 def _server(tmp: Path, name: str) -> WandbServer:
     server = WandbServer(tmp / name)
+    os.environ["PYTHONUNBUFFERED"] = "1"  # the server's access log whole when it stops
     server.start()
     return server
+
+
+def _requests_per_run(server: WandbServer, count: int) -> str:
+    """The requests the server logged, per run (after `server.stop()`)."""
+    log = (server.data_dir / "server.log").read_text(errors="replace")
+    requests = log.count(' HTTP/1.1"')
+    return f"{requests / count:.2f} requests per run"
 
 
 def _clean_env(server: WandbServer, extra: dict[str, str]) -> dict[str, str]:
@@ -136,6 +145,7 @@ def _time_ours(tmp: Path, base: str, storage_env: dict[str, str], count: int, n:
         print(f"ours:   a second sync sends nothing: {wall:.1f} s", flush=True)
     finally:
         server.stop()
+    print(f"ours:   the server received {_requests_per_run(server, count)}", flush=True)
 
 
 def _time_theirs(tmp: Path, runs: list[Path], n: int) -> None:
@@ -157,6 +167,7 @@ def _time_theirs(tmp: Path, runs: list[Path], n: int) -> None:
               f"{len(runs) / wall:.2f} runs/s", flush=True)  # fmt: skip
     finally:
         server.stop()
+    print(f"theirs: the server received {_requests_per_run(server, len(runs))}", flush=True)
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ Process: wherever the command runs (a laptop, or a Flyte task: see `examples/syn
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import tempfile
@@ -33,7 +34,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Collection
+from collections.abc import Collection, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,7 +43,7 @@ from . import _storage
 from ._persist import SYNCED_MARKER, StoredCopy, fetch_copies, find_copies, mark_synced, read_synced, run_dirs
 from ._queued import PREFIX as QUEUED_PREFIX
 from ._queued import Queued, begun, its_start, queued_files, read_queued, unwritten, writers_starts
-from ._runfiles import iter_records, read_run_file
+from ._runfiles import iter_records, read_run_file, recorded_exit_code
 from ._wandb_limits import DEFAULT_RUN_CREATIONS_PER_S
 
 DEFAULT_BASE_URL = "https://api.wandb.ai"
@@ -290,44 +291,52 @@ def _remote(uri: str, root: Path, local: Path) -> str:
 def _upload(
     starts: dict[str, list[tuple[Path, str]]], parallel: int, manifested: Collection[str]
 ) -> dict[str, str | None]:
-    """Upload `parallel` writers at a time, each writer's starts in order (once one fails, its later
-    ones wait for the next `sync`); record each ended one as synced.
+    """Upload `parallel` run directories at a time, each writer's starts in order (once one fails,
+    its later ones wait for the next `sync`); record each ended one as synced.
+
+    A writer holds one of the `parallel` slots only while wandb-core uploads its start: what comes
+    before and after (the checks of its records, the synced record written to storage) runs on
+    threads of their own meanwhile.
 
     Returns:
         For each start's storage URI: `None`, `_UNENDED` (uploaded, not recorded), `_EMPTY`
         (nothing to upload), or the error.
     """
-    pace = _Pace(1.0 / DEFAULT_RUN_CREATIONS_PER_S)
+    uploading = _Slots(max(1, parallel), 1.0 / DEFAULT_RUN_CREATIONS_PER_S)
 
     def in_order(its: list[tuple[Path, str]]) -> list[tuple[str, str | None]]:
         outcomes: list[tuple[str, str | None]] = []
         for run_dir, remote in its:
             failed = any(e not in (None, _UNENDED, _EMPTY) for _, e in outcomes)
-            done = _EARLIER_FAILED if failed else _upload_start(run_dir, remote, pace, remote in manifested)
+            done = _EARLIER_FAILED if failed else _upload_start(run_dir, remote, uploading, remote in manifested)
             outcomes.append((remote, done))
         return outcomes
 
-    with ThreadPoolExecutor(max_workers=max(1, parallel)) as pool:
+    with ThreadPoolExecutor(max_workers=2 * max(1, parallel)) as pool:
         return {remote: error for outcomes in pool.map(in_order, starts.values()) for remote, error in outcomes}
 
 
-class _Pace:
-    """Uploads begun at least `interval_s` apart, from any thread."""
+class _Slots:
+    """At most `count` uploads at a time, begun at least `interval_s` apart, from any thread."""
 
-    def __init__(self, interval_s: float) -> None:
+    def __init__(self, count: int, interval_s: float) -> None:
         self.interval_s = interval_s
+        self._free = threading.BoundedSemaphore(count)
         self._next = 0.0
         self._lock = threading.Lock()
 
-    def wait(self) -> None:
-        with self._lock:
-            now = time.monotonic()
-            start = max(now, self._next)
-            self._next = start + self.interval_s
-        time.sleep(start - now)
+    @contextlib.contextmanager
+    def one(self) -> Iterator[None]:
+        with self._free:
+            with self._lock:
+                now = time.monotonic()
+                start = max(now, self._next)
+                self._next = start + self.interval_s
+            time.sleep(start - now)
+            yield
 
 
-def _upload_start(run_dir: Path, remote: str, pace: _Pace, manifest: bool) -> str | None:
+def _upload_start(run_dir: Path, remote: str, uploading: _Slots, manifest: bool) -> str | None:
     """Upload one run directory with W&B's sync (in this process) and record it as synced if it ended.
 
     wandb-core marks each file it read to the end (`<file>.synced`) and reports what the server
@@ -348,9 +357,9 @@ def _upload_start(run_dir: Path, remote: str, pace: _Pace, manifest: bool) -> st
         return synced.stat().st_mtime_ns if synced.exists() else None
 
     before = [mark(f) for f in files]
-    pace.wait()
     try:
-        messages = _wandb_run.upload_run_files(files)
+        with uploading.one():
+            messages = _wandb_run.upload_run_files(files)
     except Exception as exc:  # the service did not start, or died
         return f"W&B's sync failed: {type(exc).__name__}: {exc}"
     errors = [text.strip() for is_error, text in messages if is_error]
@@ -374,4 +383,4 @@ def _holds_records(run_dir: Path) -> bool:
 
 def _ended(run_dir: Path) -> bool:
     """Whether the run directory's writer recorded its end (an exit record)."""
-    return all(read_run_file(f).exit_code is not None for f in run_dir.glob("run-*.wandb"))
+    return all(recorded_exit_code(f) is not None for f in run_dir.glob("run-*.wandb"))

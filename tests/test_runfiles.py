@@ -10,7 +10,13 @@ from pathlib import Path
 import pytest
 import wandb
 
-from flyte_wandb_elastic._runfiles import find_run_files, format_table, iter_records, read_run_file
+from flyte_wandb_elastic._runfiles import (
+    find_run_files,
+    format_table,
+    iter_records,
+    read_run_file,
+    recorded_exit_code,
+)
 from tests.conftest import assert_agrees_with_wandb_reader
 
 ROWS = 2000  # enough rows for the file to span several 32 KiB blocks
@@ -41,6 +47,7 @@ def test_reads_back_every_row(run_file: Path) -> None:
     assert [row["_step"] for row in run.rows] == list(range(ROWS))
     assert run.rows[-1]["step_name"] == f"s{ROWS - 1}"
     assert run.last_metrics == {"loss": 1.0 / ROWS, "step_name": f"s{ROWS - 1}"}
+    assert recorded_exit_code(run_file) == 3  # found without decoding the rows
 
 
 def test_truncated_tail_keeps_the_complete_prefix(run_file: Path, tmp_path: Path) -> None:
@@ -52,6 +59,7 @@ def test_truncated_tail_keeps_the_complete_prefix(run_file: Path, tmp_path: Path
         truncated.write_bytes(data[:cut])
         run = read_run_file(truncated)
         assert run.exit_code is None
+        assert recorded_exit_code(truncated) is None
         assert run.rows == full.rows[: len(run.rows)]
         assert len(run.rows) >= previous
         previous = len(run.rows)
@@ -63,6 +71,8 @@ def test_rejects_a_file_that_is_not_a_run_file(tmp_path: Path) -> None:
     bogus.write_bytes(b"hello world")
     with pytest.raises(ValueError, match="not a W&B transaction log"):
         list(iter_records(bogus))
+    with pytest.raises(ValueError, match="not a W&B transaction log"):
+        recorded_exit_code(bogus)
 
 
 def test_inspect_command_prints_one_row_per_run_file(run_file: Path, wandb_offline: Path) -> None:
