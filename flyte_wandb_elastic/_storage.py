@@ -15,8 +15,11 @@ would rather wait than fail.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
+import functools
 import os
+import sys
 import threading
 import time
 from collections.abc import Coroutine
@@ -54,10 +57,45 @@ WRITE_RETRY: dict[str, Any] = {
 CLIENT_THREAD = "tokio-rt-worker"
 
 
+# The longest the process's exit waits for the client's threads to leave Python.
+EXIT_WAIT_S = 5.0
+
+
 def _filesystem(path: str, **kwargs: Any) -> Any:
-    """Flyte's filesystem for `path`, its client's threads at most at the calling thread's priority."""
+    """Flyte's filesystem for `path`, its client's threads at most at the calling thread's priority
+    and out of Python before the interpreter shuts down."""
     _client_threads_at_my_priority()
+    _wait_for_the_client_at_exit()
     return storage.get_underlying_filesystem(path=path, **kwargs)
+
+
+@functools.cache
+def _wait_for_the_client_at_exit() -> None:
+    atexit.register(client_threads_out_of_python)
+
+
+def client_threads_out_of_python(timeout_s: float = EXIT_WAIT_S) -> bool:
+    """Wait (at most `timeout_s`) until no thread that Python did not start runs Python code.
+
+    The client's threads hand each answer to the calling event loop by running Python
+    (`loop.call_soon_threadsafe`), and retake the interpreter's lock after writing to the loop's
+    wake-up socket: by then the call they answered may have returned. Should the interpreter
+    shut down meanwhile, the thread is ended in a way the client's runtime does not survive, and
+    the whole process aborts (SIGABRT), its work done: under load (seen on 1 of 27 short
+    processes with the other core busy, most often with the client's threads at a lowered
+    priority). Registered to run at exit, before the interpreter shuts down.
+
+    Returns:
+        Whether every such thread left Python in time.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        ours = {t.ident for t in threading.enumerate()}
+        if all(ident in ours for ident in sys._current_frames()):
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.001)  # lets them take the lock and finish
 
 
 def _client_threads_at_my_priority() -> None:

@@ -439,3 +439,34 @@ def test_the_storage_clients_threads_follow_a_lowered_thread_down(s3: S3Server) 
     assert facts["main"] < 19
     assert facts["first"] == [facts["main"]]
     assert facts["lowered"] == facts["after"] == [19]
+
+
+_FOREIGN_THREAD_AT_EXIT = """
+import ctypes, sys, time
+from flyte_wandb_elastic import _storage
+
+_storage.read_bytes(sys.argv[1])  # the storage client used: its threads are waited for at exit
+
+def answer(_):  # as the client's threads run Python to hand over an answer
+    time.sleep(0.3)
+    print("the thread left Python", flush=True)
+    return 0
+
+callback = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p)(answer)
+thread = ctypes.c_ulong()
+assert ctypes.CDLL(None).pthread_create(ctypes.byref(thread), None, callback, None) == 0
+time.sleep(0.05)  # it runs Python now; the main thread ends the process
+"""
+
+
+def test_the_process_exits_after_a_thread_it_did_not_start_left_python(s3: S3Server) -> None:
+    # the client's threads hand each answer over by running Python, and may still be at it when
+    # the call has returned; should the interpreter shut down meanwhile, the thread is ended in a
+    # way the client's runtime does not survive and the process aborts (SIGABRT) after its work
+    # is done (seen under load). A thread of that kind (started by C, not by Python) still in
+    # Python at exit finishes first.
+    env = {**os.environ, **s3.env()}
+    command = [sys.executable, "-c", _FOREIGN_THREAD_AT_EXIT, s3.uri("exit", "x")]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout == "the thread left Python\n"
