@@ -1,6 +1,6 @@
 """Sync at scale: runs per second of `python -m flyte_wandb_elastic sync` beside W&B's own `wandb beta sync`.
 
-    python -m benchmarks.bench_sync [--runs 1000] [--rows 100] [-n 4] [--storage local|s3] [--cache DIR]
+    python -m benchmarks.bench_sync [--runs 1000] [--rows 100] [-n 4] [--storage local|s3] [--pairs K]
 
 1. Writes `--runs` real offline W&B runs (distinct run ids, `--rows` rows each) with wandb itself,
    in one process, and keeps them under `--cache` for the next time.
@@ -11,9 +11,12 @@
    the same run directories as wandb wrote them (already on local disk); each checked by the
    server's own record of finished runs. Then a second `sync`, which must send nothing.
 
-Prints runs per second for each, and the requests each server received per run (from its access
-log). CPU heavy (the W&B server, wandb-core and the readers share the
-machine): on a shared machine, run it under the launch lock.
+With `--pairs K` the runs are split in K parts, each synced by both in turn (who goes first
+alternates, each part against fresh servers): a machine whose speed drifts over the tens of
+minutes of a 1,000-run side (seen here: the same side 12 % slower on another day) weighs on both
+alike. Prints runs per second for each, the ratio per part and in all, and the requests each
+server received per run (from its access log). CPU heavy (the W&B server, wandb-core and the
+readers share the machine): on a shared machine, run it under the launch lock.
 """
 
 from __future__ import annotations
@@ -50,6 +53,9 @@ def main() -> None:
     parser.add_argument("--storage", choices=("local", "s3"), default="local")
     parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "flyte-wandb-bench-sync")
     parser.add_argument("--only", choices=("ours", "theirs"), default=None, help="time one of the two")
+    parser.add_argument(
+        "--pairs", type=int, default=1, help="split the runs in this many parts, each timed by both in turn"
+    )
     args = parser.parse_args()
     runs = _written_runs(args.cache, args.runs, args.rows)
     print(f"{len(runs)} offline runs of {args.rows} rows under {runs[0].parent}", flush=True)
@@ -60,14 +66,27 @@ def main() -> None:
             s3.start()
         try:
             env = dict(s3.env()) if s3 is not None else {}
-            base = s3.uri("bench", "r1") if s3 is not None else str(tmp / "storage")
-            if args.only != "theirs":
-                started = time.monotonic()
-                _store(runs, base, env)
-                print(f"stored as the copier does ({args.storage}): {time.monotonic() - started:.1f} s", flush=True)
-                _time_ours(tmp, base, env, len(runs), args.n)
-            if args.only != "ours":
-                _time_theirs(tmp, runs, args.n)
+            walls: dict[str, float] = {"ours": 0.0, "theirs": 0.0}
+            for k in range(args.pairs):
+                part = runs[k * len(runs) // args.pairs : (k + 1) * len(runs) // args.pairs]
+                where = tmp / f"part-{k}"
+                base = s3.uri("bench", f"part-{k}") if s3 is not None else str(where / "storage")
+                sides = [side for side in ("ours", "theirs") if args.only in (None, side)]
+                pair: dict[str, float] = {}
+                for side in sides if k % 2 == 0 else sides[::-1]:  # who goes first alternates
+                    if side == "ours":
+                        started = time.monotonic()
+                        _store(part, base, env)
+                        print(f"stored as the copier does ({args.storage}): {time.monotonic() - started:.1f} s")
+                        pair[side] = _time_ours(where, base, env, len(part), args.n)
+                    else:
+                        pair[side] = _time_theirs(where, part, args.n)
+                    walls[side] += pair[side]
+                if len(pair) == 2 and args.pairs > 1:
+                    print(f"part {k + 1}/{args.pairs}: ours / theirs {pair['ours'] / pair['theirs']:.3f}", flush=True)
+            if args.only is None:
+                print(f"all {len(runs)} runs: ours {walls['ours']:.1f} s, theirs {walls['theirs']:.1f} s, "
+                      f"ours / theirs {walls['ours'] / walls['theirs']:.3f}", flush=True)  # fmt: skip
         finally:
             if s3 is not None:
                 s3.stop()
@@ -125,14 +144,14 @@ def _finished(server: WandbServer) -> int:
     return sum(state == "finished" for state in server.runs().values())
 
 
-def _time_ours(tmp: Path, base: str, storage_env: dict[str, str], count: int, n: int) -> None:
+def _time_ours(tmp: Path, base: str, storage_env: dict[str, str], count: int, n: int) -> float:
     server = _server(tmp, "openwandb-ours")
     try:
         env = _clean_env(server, storage_env)
         command = [sys.executable, "-m", "flyte_wandb_elastic", "sync", "-n", str(n), base]
         started = time.monotonic()
         done = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True)
-        wall = time.monotonic() - started
+        took = wall = time.monotonic() - started
         summary = done.stdout.strip().splitlines()[-1:] or [done.stderr[-2000:]]
         assert done.returncode == 0 and f"{count} synced" in summary[0], done.stdout[-2000:] + done.stderr[-2000:]
         assert _finished(server) == count, (_finished(server), count)
@@ -146,9 +165,10 @@ def _time_ours(tmp: Path, base: str, storage_env: dict[str, str], count: int, n:
     finally:
         server.stop()
     print(f"ours:   the server received {_requests_per_run(server, count)}", flush=True)
+    return took
 
 
-def _time_theirs(tmp: Path, runs: list[Path], n: int) -> None:
+def _time_theirs(tmp: Path, runs: list[Path], n: int) -> float:
     # the same run directories, as wandb wrote them, in a fresh directory (no `.synced` marks)
     downloaded = tmp / "downloaded" / "wandb"
     downloaded.mkdir(parents=True)
@@ -168,6 +188,7 @@ def _time_theirs(tmp: Path, runs: list[Path], n: int) -> None:
     finally:
         server.stop()
     print(f"theirs: the server received {_requests_per_run(server, len(runs))}", flush=True)
+    return wall
 
 
 if __name__ == "__main__":
