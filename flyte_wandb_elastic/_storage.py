@@ -71,10 +71,10 @@ def _filesystem(path: str, **kwargs: Any) -> Any:
 
 @functools.cache
 def _wait_for_the_client_at_exit() -> None:
-    atexit.register(client_threads_out_of_python)
+    atexit.register(_client_threads_out_of_python)
 
 
-def client_threads_out_of_python(timeout_s: float = EXIT_WAIT_S) -> bool:
+def _client_threads_out_of_python(timeout_s: float = EXIT_WAIT_S) -> bool:
     """Wait (at most `timeout_s`) until no thread that Python did not start runs Python code.
 
     The client's threads hand each answer to the calling event loop by running Python
