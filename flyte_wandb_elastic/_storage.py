@@ -81,9 +81,9 @@ def _client_threads_out_of_python(timeout_s: float = EXIT_WAIT_S) -> bool:
     (`loop.call_soon_threadsafe`), and retake the interpreter's lock after writing to the loop's
     wake-up socket: by then the call they answered may have returned. Should the interpreter
     shut down meanwhile, the thread is ended in a way the client's runtime does not survive, and
-    the whole process aborts (SIGABRT), its work done: under load (seen on 1 of 27 short
-    processes with the other core busy, most often with the client's threads at a lowered
-    priority). Registered to run at exit, before the interpreter shuts down.
+    the whole process aborts (SIGABRT), its work done; the window is widest under load, with the
+    client's threads at a lowered priority. Registered to run at exit, before the interpreter
+    shuts down.
 
     Returns:
         Whether every such thread left Python in time.
